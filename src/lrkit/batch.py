@@ -1,0 +1,56 @@
+"""How a batch reaches the model: moving it to a device and splitting inputs from targets.
+
+Every training loop in lrkit (the range test, the Learner) goes through `forward_batch`, so a
+user whose batches are dicts or whose model takes several inputs passes one `forward` hook
+instead of rewriting a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+# forward(model, batch) -> (prediction, target); the loss is loss_fn(prediction, target).
+ForwardFn = Callable[[nn.Module, Any], tuple[Any, Any]]
+
+
+def to_device(batch: Any, device: torch.device | str | None, non_blocking: bool = False) -> Any:
+    """Move every tensor inside `batch` (nested tuples, lists, dicts) to `device`."""
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device, non_blocking) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(value, device, non_blocking) for value in batch))
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        return type(batch)(to_device(value, device, non_blocking) for value in batch)
+    return batch
+
+
+def default_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+    """`(x, y)` -> `(model(x), y)`; `(x1, ..., xn, y)` -> `(model(x1, ..., xn), y)`.
+
+    A dict batch must hold "target" (or "y"/"label"); the other entries go to the model as
+    keyword arguments.
+    """
+    if isinstance(batch, Mapping):
+        for key in ("target", "y", "label", "labels"):
+            if key in batch:
+                inputs = {name: value for name, value in batch.items() if name != key}
+                return model(**inputs), batch[key]
+        raise ValueError(
+            f"a dict batch needs a 'target' entry, got keys {sorted(batch)}; "
+            "or pass forward=fn(model, batch) -> (prediction, target)"
+        )
+    if isinstance(batch, Sequence) and len(batch) >= 2:
+        *inputs, target = batch
+        return model(*inputs), target
+    raise ValueError(
+        f"a batch must be (inputs..., target), got {type(batch).__name__}; "
+        "pass forward=fn(model, batch) -> (prediction, target) for other layouts"
+    )

@@ -1,0 +1,56 @@
+"""`DataLoaders`: a train and a valid loader that travel together, with their vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def _length(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+class DataLoaders:
+    """A train loader, an optional valid loader and the class names (`vocab`).
+
+    Plain PyTorch DataLoaders (or any re-iterable of batches) are welcome; the image pipeline
+    returns this same class with `vocab` filled in.
+    """
+
+    def __init__(
+        self,
+        train: Iterable,
+        valid: Iterable | None = None,
+        vocab: Sequence[str] | None = None,
+        multi_label: bool = False,
+    ) -> None:
+        self.train = train
+        self.valid = valid
+        self.vocab = list(vocab) if vocab is not None else None
+        self.multi_label = multi_label
+
+    @property
+    def n_train(self) -> int | None:
+        """Number of training items, when the loader's dataset has a length."""
+        return _length(getattr(self.train, "dataset", None))
+
+    @property
+    def n_valid(self) -> int | None:
+        """Number of validation items (0 without a valid loader)."""
+        if self.valid is None:
+            return 0
+        return _length(getattr(self.valid, "dataset", None))
+
+    @property
+    def c(self) -> int | None:
+        """Number of classes, from the vocabulary."""
+        return len(self.vocab) if self.vocab is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoaders(n_train={self.n_train}, n_valid={self.n_valid}, "
+            f"classes={self.c}, multi_label={self.multi_label})"
+        )
