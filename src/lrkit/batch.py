@@ -35,13 +35,15 @@ def to_device(batch: Any, device: torch.device | str | None, non_blocking: bool 
 def default_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
     """`(x, y)` -> `(model(x), y)`; `(x1, ..., xn, y)` -> `(model(x1, ..., xn), y)`.
 
-    A dict batch must hold "target" (or "y"/"label"); the other entries go to the model as
-    keyword arguments.
+    A dict batch must hold "target" (or "y"/"label"); a single other entry goes to the model
+    positionally, several go as keyword arguments.
     """
     if isinstance(batch, Mapping):
         for key in ("target", "y", "label", "labels"):
             if key in batch:
                 inputs = {name: value for name, value in batch.items() if name != key}
+                if len(inputs) == 1:  # a single input goes in positionally
+                    return model(*inputs.values()), batch[key]
                 return model(**inputs), batch[key]
         raise ValueError(
             f"a dict batch needs a 'target' entry, got keys {sorted(batch)}; "

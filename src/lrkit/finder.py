@@ -1,0 +1,308 @@
+"""The learning-rate range test: train for a few steps with a growing lr and record the loss.
+
+A plain loop inside try/finally. Before the first step everything the loop can change is
+snapshotted (see `snapshot.py`); in `finally` it is restored bit-for-bit, also on errors and
+Ctrl-C, so training after `lr_find` is identical to training without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from lrkit.batch import ForwardFn, default_forward, to_device
+from lrkit.range_test_result import LRFindResult
+from lrkit.snapshot import TrainingSnapshot
+
+
+@dataclass(frozen=True)
+class RangeTestConfig:
+    """The settings of one range test; saved with its result."""
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_it: int = 100
+    mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
+    beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
+    div_thresh: float | None = 4.0  # stop once smoothed loss > div_thresh x best smoothed loss
+    accum_steps: int = 1  # batches whose gradients are summed before each optimizer step
+    val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
+    grad_clip: float | None = None  # max gradient norm, None for no clipping
+
+    def check(self) -> None:
+        """Refuse impossible settings before anything is touched."""
+        if not (self.start_lr > 0 and math.isfinite(self.end_lr)):
+            raise ValueError(
+                f"start_lr must be > 0 and end_lr finite, got start_lr={self.start_lr}, "
+                f"end_lr={self.end_lr}"
+            )
+        if self.start_lr >= self.end_lr:
+            raise ValueError(
+                f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the range "
+                "test sweeps upwards"
+            )
+        if self.num_it < 10:
+            raise ValueError(
+                f"num_it={self.num_it} is too few: the suggestion rules drop the first 10% and "
+                "the last 5 points; use num_it >= 10 (100 is typical)"
+            )
+        if self.mode not in ("exp", "linear"):
+            raise ValueError(f"mode must be 'exp' or 'linear', got {self.mode!r}")
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.div_thresh is not None and self.div_thresh <= 1:
+            raise ValueError(
+                f"div_thresh must be > 1 (or None to never stop), got {self.div_thresh}"
+            )
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.val_batches < 1:
+            raise ValueError(f"val_batches must be >= 1, got {self.val_batches}")
+
+
+def sweep_lr(step: int, config: RangeTestConfig) -> float:
+    """The lr at `step` of the sweep: start * (end/start)^(step/num_it), or linear."""
+    progress = step / config.num_it
+    if config.mode == "exp":
+        return config.start_lr * (config.end_lr / config.start_lr) ** progress
+    return config.start_lr + (config.end_lr - config.start_lr) * progress
+
+
+def cycle(loader: Iterable, name: str) -> Iterator[Any]:
+    """Batches from `loader`, starting again at the end, for loaders shorter than the test."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"{name} yielded no batches: give it at least one batch")
+
+
+def _loader_is_empty(loader: Iterable) -> bool:
+    try:
+        return len(loader) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _check_scalar_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. reduction='mean')"
+        )
+    return loss.reshape(())
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _progress_bar(show: bool | None) -> Progress | None:
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    return Progress(
+        TextColumn("lr_find"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+
+
+class _Stepper:
+    """One optimizer step on `accum_steps` batches; returns the mean unscaled loss."""
+
+    def __init__(self, model, optimizer, loss_fn, forward, device, autocast_dtype, config):
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.forward, self.device, self.config = forward, device, config
+        self.autocast = (
+            torch.autocast(device_type=device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = (
+            torch.amp.GradScaler(device.type)
+            if autocast_dtype == torch.float16 and device.type == "cuda"
+            else None
+        )
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def loss_of(self, batch: Any) -> torch.Tensor:
+        with self.autocast:
+            prediction, target = self.forward(self.model, to_device(batch, self.device))
+            return _check_scalar_loss(self.loss_fn(prediction, target))
+
+    def step(self, batches: Iterator[Any]) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(self.config.accum_steps):
+            loss = self.loss_of(next(batches))
+            scaled = loss / self.config.accum_steps
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.item()
+        loss_value = total / self.config.accum_steps
+        if not math.isfinite(loss_value):
+            return loss_value  # never step on a NaN: the caller stops here
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return loss_value
+
+    @torch.no_grad()
+    def validation_loss(self, val_set: list[Any]) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return float(np.mean([self.loss_of(batch).item() for batch in val_set]))
+        finally:
+            self.model.train(was_training)
+
+
+def lr_find(
+    model: nn.Module,
+    train_loader: Iterable,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_it: int = 100,
+    mode: str = "exp",
+    beta: float = 0.98,
+    div_thresh: float | None = 4.0,
+    *,
+    val_loader: Iterable | None = None,
+    val_batches: int = 4,
+    accum_steps: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    forward: ForwardFn | None = None,
+    snapshot: str = "memory",
+    grad_clip: float | None = None,
+    progress: bool | None = None,
+) -> LRFindResult:
+    """Run the learning-rate range test and leave model, optimizer, RNGs and loaders untouched.
+
+    The lr grows from `start_lr` to `end_lr` over `num_it` optimizer steps; every param group
+    of `optimizer` (AdamW over the trainable parameters when None) is scaled by the same
+    factor so discriminative ratios are kept, and the recorded lr is the last group's. With
+    `val_loader` the loss is measured on its first `val_batches` batches after each step.
+    `forward(model, batch) -> (prediction, target)` adapts other batch layouts; batches are
+    moved to `device` (default: where the model's parameters are; the model is not moved).
+    `snapshot="disk"` keeps the copy in a temporary file instead of CPU memory.
+    """
+    config = RangeTestConfig(
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_it=num_it,
+        mode=mode,
+        beta=beta,
+        div_thresh=div_thresh,
+        accum_steps=accum_steps,
+        val_batches=val_batches,
+        grad_clip=grad_clip,
+    )
+    config.check()
+    if snapshot not in ("memory", "disk"):
+        raise ValueError(f"snapshot must be 'memory' or 'disk', got {snapshot!r}")
+    if _loader_is_empty(train_loader):
+        raise ValueError("train_loader is empty: the range test needs at least one batch")
+    if val_loader is not None and _loader_is_empty(val_loader):
+        raise ValueError("val_loader is empty: pass None or a loader with at least one batch")
+    if optimizer is None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+        optimizer = torch.optim.AdamW(trainable, lr=start_lr)
+    elif not any(p.requires_grad for g in optimizer.param_groups for p in g["params"]):
+        raise ValueError("the optimizer holds no trainable parameters (all requires_grad=False)")
+    device = torch.device(device) if device is not None else _model_device(model)
+
+    stepper = _Stepper(
+        model, optimizer, loss_fn, forward or default_forward, device, autocast_dtype, config
+    )
+    loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
+    saved = TrainingSnapshot.capture(model, optimizer, loaders, to_disk=snapshot == "disk")
+    try:
+        return _sweep(stepper, train_loader, val_loader, progress)
+    finally:
+        saved.restore()
+
+
+def _sweep(
+    stepper: _Stepper, train_loader: Iterable, val_loader: Iterable | None, progress: bool | None
+) -> LRFindResult:
+    """The loop itself; the caller snapshots and restores around it."""
+    model, optimizer, config = stepper.model, stepper.optimizer, stepper.config
+    # Every group follows the last one's sweep at its own ratio (a zero lr stays zero).
+    reference = optimizer.param_groups[-1]["lr"]
+    ratios = [g["lr"] / reference if reference else 1.0 for g in optimizer.param_groups]
+    batches = cycle(train_loader, "train_loader")
+    val_set = None
+    if val_loader is not None:
+        val_iter = iter(val_loader)
+        val_set = [b for _, b in zip(range(config.val_batches), val_iter, strict=False)]
+
+    model.train()
+    lrs, raw_losses, losses, group_lrs = [], [], [], []
+    average, best, stop_reason = 0.0, math.inf, "completed"
+    bar = _progress_bar(progress)
+    with bar if bar is not None else contextlib.nullcontext():
+        task = bar.add_task("lr_find", total=config.num_it, lr=0.0, loss=0.0) if bar else None
+        for step in range(config.num_it):
+            lr = sweep_lr(step, config)
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                group["lr"] = lr * ratio
+            loss = stepper.step(batches)
+            if val_set is not None and math.isfinite(loss):
+                loss = stepper.validation_loss(val_set)
+            if not math.isfinite(loss):
+                stop_reason = "non-finite loss"
+                break
+            average = config.beta * average + (1 - config.beta) * loss
+            smoothed = average / (1 - config.beta ** (step + 1))
+            lrs.append(lr)
+            raw_losses.append(loss)
+            losses.append(smoothed)
+            group_lrs.append([lr * ratio for ratio in ratios])
+            best = min(best, smoothed)
+            if bar is not None:
+                bar.update(task, advance=1, lr=lr, loss=smoothed)
+            if config.div_thresh is not None and smoothed > config.div_thresh * best:
+                stop_reason = "diverged"
+                break
+
+    return LRFindResult(
+        lrs=np.asarray(lrs, dtype=np.float64),
+        losses=np.asarray(losses, dtype=np.float64),
+        raw_losses=np.asarray(raw_losses, dtype=np.float64),
+        group_lrs=np.asarray(group_lrs, dtype=np.float64).reshape(len(lrs), len(ratios)),
+        num_it=config.num_it,
+        start_lr=config.start_lr,
+        end_lr=config.end_lr,
+        mode=config.mode,
+        stop_reason=stop_reason,
+        config=asdict(config),
+    )

@@ -1,0 +1,178 @@
+"""`LRFindResult`: the curve a range test recorded, the rules' suggestions, and a verdict on
+whether the curve can be trusted."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from lrkit import suggest as rules
+from lrkit.plots import lr_find_figure
+
+# A curve whose smoothed loss falls by less than this fraction of its start is "flat".
+FLAT_DROP = 0.05
+# A curve whose raw losses scatter (std around the smoothed curve) more than it falls is "noisy".
+NOISE_TO_DROP = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class LRFindResult:
+    """One range test: lrs (of the last param group), smoothed and raw losses, and how it ended.
+
+    `group_lrs[i, g]` is the lr param group g had at step i (groups keep their ratios).
+    `stop_reason` is "completed", "diverged" (smoothed loss > div_thresh x best) or
+    "non-finite loss".
+    """
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    raw_losses: np.ndarray
+    group_lrs: np.ndarray
+    num_it: int
+    start_lr: float
+    end_lr: float
+    mode: str
+    stop_reason: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    # -- the curve the rules see ---------------------------------------------------------
+    def trimmed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lrs, losses) without the first num_it//10 points and the last 5, as fastai trims."""
+        return rules.trim_curve(self.lrs, self.losses, self.num_it)
+
+    def suggest(self, rule: str | rules.Rule = "auto") -> float:
+        """The lr one rule (a name, "auto", or a function (lrs, losses) -> float) suggests."""
+        lrs, losses = self.trimmed()
+        return rules.suggest(lrs, losses, rule)
+
+    @property
+    def suggestions(self) -> dict[str, float]:
+        """Every registered rule's suggestion (NaN where the curve is too short for a rule)."""
+        lrs, losses = self.trimmed()
+        found: dict[str, float] = {}
+        for name in rules.rule_names():
+            try:
+                found[name] = rules.suggest(lrs, losses, name)
+            except rules.CurveTooShortError:
+                found[name] = math.nan
+        return found
+
+    # -- can it be trusted? ----------------------------------------------------------------
+    @property
+    def warnings(self) -> list[str]:
+        """Plain words on why the suggestions may not be trustworthy (empty when all is well)."""
+        _, losses = self.trimmed()
+        notes: list[str] = []
+        if len(losses) < 16:
+            notes.append(
+                f"only {len(losses)} usable points after trimming (of {len(self.losses)} "
+                "recorded): lower start_lr or raise num_it so the loss has room to fall"
+            )
+        if len(losses) < 2:
+            return notes
+        start = losses[0]
+        drop = start - losses.min()
+        if drop < FLAT_DROP * abs(start):
+            notes.append(
+                f"the loss fell by only {100 * drop / max(abs(start), 1e-12):.1f}% over the "
+                "sweep: the curve is too flat to trust; widen the lr range, raise num_it, or "
+                "check that the model can learn"
+            )
+        else:
+            # Judge the noise on the descent only: past the minimum the loss blows up anyway.
+            descent = int(np.argmin(losses)) + 1
+            raw = rules.trim_curve(self.lrs, self.raw_losses, self.num_it)[1]
+            scatter = float(np.std(raw[:descent] - losses[:descent]))
+            if scatter > NOISE_TO_DROP * drop:
+                notes.append(
+                    f"the raw losses scatter (std {scatter:.3g}) more than the curve falls "
+                    f"({drop:.3g}): the curve is noisy; use a bigger batch or more iterations"
+                )
+        if self.stop_reason == "completed" and np.argmin(losses) >= len(losses) - 2:
+            notes.append(
+                f"the loss was still falling at end_lr={self.end_lr:g}: the range may stop "
+                "too early; raise end_lr"
+            )
+        return notes
+
+    # -- output ---------------------------------------------------------------------------
+    def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
+        """Loss against lr on a log axis, with every rule's suggestion marked and labelled."""
+        marks = {
+            (f"auto (= {rules.AUTO_RULE})" if name == "auto" else name): lr
+            for name, lr in self.suggestions.items()
+        }
+        return lr_find_figure(self.lrs, self.losses, self.raw_losses, marks, path, ax)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers, ready for JSON (NaN suggestions become null)."""
+
+        def finite_or_none(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "lrs": self.lrs.tolist(),
+            "losses": self.losses.tolist(),
+            "raw_losses": self.raw_losses.tolist(),
+            "group_lrs": self.group_lrs.tolist(),
+            "num_it": self.num_it,
+            "start_lr": self.start_lr,
+            "end_lr": self.end_lr,
+            "mode": self.mode,
+            "stop_reason": self.stop_reason,
+            "suggestions": {k: finite_or_none(v) for k, v in self.suggestions.items()},
+            "warnings": self.warnings,
+            "config": self.config,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write `to_dict()` as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LRFindResult:
+        """Rebuild a result from `to_dict()` output (suggestions are recomputed)."""
+        return cls(
+            lrs=np.asarray(data["lrs"], dtype=np.float64),
+            losses=np.asarray(data["losses"], dtype=np.float64),
+            raw_losses=np.asarray(data["raw_losses"], dtype=np.float64),
+            group_lrs=np.asarray(data["group_lrs"], dtype=np.float64),
+            num_it=int(data["num_it"]),
+            start_lr=float(data["start_lr"]),
+            end_lr=float(data["end_lr"]),
+            mode=str(data["mode"]),
+            stop_reason=str(data["stop_reason"]),
+            config=dict(data.get("config", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> LRFindResult:
+        """Read a result written by `save`."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path} is not an lr_find result written by lrkit: {error}"
+            ) from error
+
+    def __repr__(self) -> str:
+        lines = [
+            f"LRFindResult: {len(self.lrs)} of {self.num_it} steps, {self.mode} "
+            f"{self.start_lr:g} -> {self.end_lr:g}, stopped: {self.stop_reason}",
+            f"  {'rule':<9}lr",
+        ]
+        for name, value in self.suggestions.items():
+            shown = f"{value:.3g}" if math.isfinite(value) else "n/a (curve too short)"
+            lines.append(f"  {name:<9}{shown}")
+        lines += [f"  warning: {note}" for note in self.warnings]
+        return "\n".join(lines)

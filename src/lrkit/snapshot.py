@@ -1,0 +1,222 @@
+"""Take everything a training step can change, and put it back bit-for-bit.
+
+The range test trains for real, so before it starts we copy: parameters, buffers and
+gradients; `requires_grad` flags and train/eval modes; the optimizer's state and
+hyper-parameters; the torch, CUDA, numpy and Python RNG states; and the torch.Generators of
+the data loaders (which fix the next shuffle). Tensors go to CPU memory by default (never a
+second GPU copy) or, for models that do not fit twice in RAM, to one temporary file outside
+the working directory that is memory-mapped back on restore.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch.Generators a DataLoader draws its order and worker seeds from (deduplicated)."""
+    candidates = [
+        getattr(loader, "generator", None),
+        getattr(getattr(loader, "sampler", None), "generator", None),
+        getattr(
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None
+        ),
+    ]
+    found: dict[int, torch.Generator] = {}
+    for generator in candidates:
+        if isinstance(generator, torch.Generator):
+            found[id(generator)] = generator
+    return list(found.values())
+
+
+@dataclass
+class _RandomStates:
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor] | None
+    numpy: Any
+    python: Any
+    generators: list[tuple[torch.Generator, torch.Tensor]]
+
+    @classmethod
+    def capture(cls, generators: Iterable[torch.Generator]) -> _RandomStates:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return cls(
+            torch_cpu=torch.get_rng_state(),
+            torch_cuda=cuda,
+            numpy=np.random.get_state(),
+            python=random.getstate(),
+            generators=[(g, g.get_state()) for g in generators],
+        )
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+        for generator, state in self.generators:
+            generator.set_state(state)
+
+
+class _TensorStore:
+    """Named tensors kept as CPU copies, or in one temporary file."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], to_disk: bool) -> None:
+        self.path: str | None = None
+        self.tensors: dict[str, torch.Tensor] = {}
+        if to_disk:
+            handle, self.path = tempfile.mkstemp(prefix="lrkit-snapshot-", suffix=".pt")
+            os.close(handle)
+            torch.save({name: t.detach() for name, t in tensors.items()}, self.path)
+        else:
+            self.tensors = {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
+
+    def load(self) -> dict[str, torch.Tensor]:
+        if self.path is None:
+            return self.tensors
+        return torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+
+    def discard(self) -> None:
+        self.tensors = {}
+        if self.path is not None and os.path.exists(self.path):
+            os.remove(self.path)
+        self.path = None
+
+
+@dataclass
+class _OptimizerMeta:
+    hyper: list[dict[str, Any]]  # every param group's settings except its params
+    state_keys: dict[int, dict[str, Any]]  # param index -> {key: non-tensor value or tensor spec}
+
+
+@dataclass
+class TrainingSnapshot:
+    """What `capture` saw; `restore` puts it back. Use once: restore, then it is discarded."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    store: _TensorStore
+    requires_grad: list[bool]
+    has_grad: list[bool]
+    training: list[bool]
+    optimizer_meta: _OptimizerMeta | None
+    random_states: _RandomStates
+    tensor_specs: dict[str, tuple[torch.device, torch.dtype]] = field(default_factory=dict)
+
+    @classmethod
+    def capture(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        loaders: Iterable[Any] = (),
+        to_disk: bool = False,
+    ) -> TrainingSnapshot:
+        """Copy the state of `model`, `optimizer`, the RNGs and the loaders' generators."""
+        tensors: dict[str, torch.Tensor] = {}
+        params = list(model.parameters())
+        for index, param in enumerate(params):
+            tensors[f"param.{index}"] = param
+            if param.grad is not None:
+                tensors[f"grad.{index}"] = param.grad
+        for index, buffer in enumerate(model.buffers()):
+            tensors[f"buffer.{index}"] = buffer
+
+        optimizer_meta = None
+        specs: dict[str, tuple[torch.device, torch.dtype]] = {}
+        if optimizer is not None:
+            optimizer_meta, optimizer_tensors = _capture_optimizer(optimizer)
+            tensors.update(optimizer_tensors)
+            specs = {name: (t.device, t.dtype) for name, t in optimizer_tensors.items()}
+
+        generators: dict[int, torch.Generator] = {}
+        for loader in loaders:
+            for generator in loader_generators(loader):
+                generators[id(generator)] = generator
+
+        return cls(
+            model=model,
+            optimizer=optimizer,
+            store=_TensorStore(tensors, to_disk),
+            requires_grad=[p.requires_grad for p in params],
+            has_grad=[p.grad is not None for p in params],
+            training=[m.training for m in model.modules()],
+            optimizer_meta=optimizer_meta,
+            random_states=_RandomStates.capture(generators.values()),
+            tensor_specs=specs,
+        )
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write every saved value back in place; parameters keep their identity."""
+        saved = self.store.load()
+        params = list(self.model.parameters())
+        for index, param in enumerate(params):
+            param.copy_(saved[f"param.{index}"])
+            param.requires_grad_(self.requires_grad[index])
+            if self.has_grad[index]:
+                param.grad = saved[f"grad.{index}"].to(param.device, copy=True)
+            else:
+                param.grad = None
+        for index, buffer in enumerate(self.model.buffers()):
+            buffer.copy_(saved[f"buffer.{index}"])
+        for module, training in zip(self.model.modules(), self.training, strict=True):
+            module.training = training
+        if self.optimizer is not None and self.optimizer_meta is not None:
+            _restore_optimizer(self.optimizer, self.optimizer_meta, saved, self.tensor_specs)
+        self.random_states.restore()
+        self.store.discard()
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _capture_optimizer(optimizer: torch.optim.Optimizer) -> tuple:
+    hyper = [
+        copy.deepcopy({key: value for key, value in group.items() if key != "params"})
+        for group in optimizer.param_groups
+    ]
+    tensors: dict[str, torch.Tensor] = {}
+    state_keys: dict[int, dict[str, Any]] = {}
+    for index, param in enumerate(_optimizer_params(optimizer)):
+        if param not in optimizer.state:
+            continue
+        state_keys[index] = {}
+        for key, value in optimizer.state[param].items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+                state_keys[index][key] = torch.Tensor  # marker: the value is in the store
+            else:
+                state_keys[index][key] = copy.deepcopy(value)
+    return _OptimizerMeta(hyper=hyper, state_keys=state_keys), tensors
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer,
+    meta: _OptimizerMeta,
+    saved: dict[str, torch.Tensor],
+    specs: dict[str, tuple[torch.device, torch.dtype]],
+) -> None:
+    for group, hyper in zip(optimizer.param_groups, meta.hyper, strict=True):
+        group.update(copy.deepcopy(hyper))
+    params = _optimizer_params(optimizer)
+    state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+    for index, keys in meta.state_keys.items():
+        for key, value in keys.items():
+            if value is torch.Tensor:
+                name = f"optim.{index}.{key}"
+                device, dtype = specs[name]
+                value = saved[name].to(device=device, dtype=dtype, copy=True)
+            state[params[index]][key] = value
+    optimizer.state = state

