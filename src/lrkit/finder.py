@@ -154,7 +154,7 @@ class _Stepper:
         total = 0.0
         for _ in range(self.config.accum_steps):
             loss = self.loss_of(next(batches))
-            scaled = loss / self.config.accum_steps
+            scaled = loss / self.config.accum_steps if self.config.accum_steps > 1 else loss
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.item()
         loss_value = total / self.config.accum_steps
