@@ -334,3 +334,36 @@ def test_loss_that_is_not_a_scalar_is_refused_and_nothing_changes(setup):
     with pytest.raises(ValueError, match=r"scalar.*\(32,\)"):
         lrkit.lr_find(model, loader, unreduced, optimizer)
     assert_same(before, everything(model, optimizer, loader))
+
+
+# -- distributed: every rank stops together and agrees ----------------------------------------
+def _rank_main(rank, world_size, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        model = make_model(seed=0)
+        loader = make_loader(make_data(n=256, seed=rank), seed=rank)  # each rank its own shard
+        res = lrkit.lr_find(model, loader, F.cross_entropy, start_lr=1e-4, end_lr=1e3, num_it=40)
+        res.save(os.path.join(out_dir, f"rank{rank}.json"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_stop_at_the_same_step_and_agree(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_rank_main, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    first = lrkit.LRFindResult.load(tmp_path / "rank0.json")
+    second = lrkit.LRFindResult.load(tmp_path / "rank1.json")
+    assert first.stop_reason == second.stop_reason == "diverged"
+    np.testing.assert_array_equal(first.losses, second.losses)
+    assert first.suggestions == second.suggestions

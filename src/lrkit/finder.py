@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -104,6 +105,17 @@ def _check_scalar_loss(loss: Any) -> torch.Tensor:
     return loss.reshape(())
 
 
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    """Under torch.distributed, the loss averaged over all ranks, so that every rank stops at
+    the same step and records the same curve (and so agrees on the suggestion)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.tensor([value], dtype=torch.float64, device=backend_device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.item() / dist.get_world_size()
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -157,7 +169,7 @@ class _Stepper:
             scaled = loss / self.config.accum_steps if self.config.accum_steps > 1 else loss
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.item()
-        loss_value = total / self.config.accum_steps
+        loss_value = _mean_over_ranks(total / self.config.accum_steps, self.device)
         if not math.isfinite(loss_value):
             return loss_value  # never step on a NaN: the caller stops here
         if self.scaler:
