@@ -367,3 +367,33 @@ def test_distributed_ranks_stop_at_the_same_step_and_agree(tmp_path):
     assert first.stop_reason == second.stop_reason == "diverged"
     np.testing.assert_array_equal(first.losses, second.losses)
     assert first.suggestions == second.suggestions
+
+
+# -- repeats: the spread of each rule over data orders ----------------------------------------
+def test_repeated_range_tests_show_a_spread_and_leave_no_trace(setup, tmp_path):
+    model, loader, optimizer = setup
+    before = everything(model, optimizer, loader)
+    torch.manual_seed(0)
+    single = lrkit.lr_find(model, loader, F.cross_entropy, optimizer, num_it=30)
+    torch.manual_seed(0)
+    rep = lrkit.lr_find_repeated(model, loader, F.cross_entropy, optimizer, repeats=3, num_it=30)
+    next_draw = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(next_draw, torch.rand(3))  # the global RNG is back where it was
+    assert_same(before, everything(model, optimizer, loader))
+    assert len(rep.runs) == 3
+    np.testing.assert_array_equal(rep.runs[0].losses, single.losses)  # run 0 = plain lr_find
+    assert not np.array_equal(rep.runs[1].raw_losses, rep.runs[2].raw_losses)
+    for name, lr in rep.suggestions.items():
+        values = [run.suggestions[name] for run in rep.runs]
+        assert min(values) <= lr <= max(values)
+        assert rep.spread[name] == pytest.approx(np.log10(max(values) / min(values)))
+    assert "spread" in repr(rep)
+    rep.plot(tmp_path / "rep.png")
+    assert (tmp_path / "rep.png").stat().st_size > 1000
+
+
+def test_repeats_below_two_are_refused(setup):
+    model, loader, optimizer = setup
+    with pytest.raises(ValueError, match="repeats"):
+        lrkit.lr_find_repeated(model, loader, F.cross_entropy, optimizer, repeats=1)

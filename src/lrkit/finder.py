@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from lrkit.batch import ForwardFn, default_forward, to_device
-from lrkit.range_test_result import LRFindResult
-from lrkit.snapshot import TrainingSnapshot
+from lrkit.range_test_result import LRFindResult, RepeatedLRFind
+from lrkit.snapshot import RandomStates, TrainingSnapshot, loader_generators
 
 
 @dataclass(frozen=True)
@@ -318,3 +318,36 @@ def _sweep(
         stop_reason=stop_reason,
         config=asdict(config),
     )
+
+
+def lr_find_repeated(
+    model: nn.Module,
+    train_loader: Iterable,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+    repeats: int = 3,
+    **kwargs: Any,
+) -> RepeatedLRFind:
+    """`repeats` range tests from the same weights on different data orders, so the spread of
+    each rule's suggestion shows how far one run can be trusted.
+
+    Run 0 sees the current data order (it equals a plain `lr_find`); run r >= 1 reseeds
+    torch's RNG and the loaders' generators with r. Everything is restored afterwards.
+    Keyword arguments are those of `lr_find`.
+    """
+    if repeats < 2:
+        raise ValueError(f"repeats must be >= 2 to measure a spread, got {repeats}")
+    loaders = [train_loader, kwargs.get("val_loader")]
+    generators = [g for loader in loaders if loader is not None for g in loader_generators(loader)]
+    random_states = RandomStates.capture(generators)
+    runs = []
+    try:
+        for run in range(repeats):
+            if run > 0:
+                torch.manual_seed(run)
+                for generator in generators:
+                    generator.manual_seed(run)
+            runs.append(lr_find(model, train_loader, loss_fn, optimizer, **kwargs))
+    finally:
+        random_states.restore()
+    return RepeatedLRFind(tuple(runs))

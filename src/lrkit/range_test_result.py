@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lrkit import suggest as rules
-from lrkit.plots import lr_find_figure
+from lrkit.plots import lr_find_figure, lr_find_repeats_figure
 
 # A curve whose smoothed loss falls by less than this fraction of its start is "flat".
 FLAT_DROP = 0.05
@@ -173,6 +173,85 @@ class LRFindResult:
         ]
         for name, value in self.suggestions.items():
             shown = f"{value:.3g}" if math.isfinite(value) else "n/a (curve too short)"
+            lines.append(f"  {name:<9}{shown}")
+        lines += [f"  warning: {note}" for note in self.warnings]
+        return "\n".join(lines)
+
+
+def geometric_median(values: np.ndarray) -> float:
+    """The middle value (the geometric mean of the middle two for an even count); NaN if any
+    value is missing. Exact for odd counts, so the median is always one of the runs' lrs."""
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    if not np.isfinite(values).all():
+        return math.nan
+    middle = len(values) // 2
+    if len(values) % 2:
+        return float(values[middle])
+    return float(np.sqrt(values[middle - 1] * values[middle]))
+
+
+@dataclass(frozen=True, eq=False)
+class RepeatedLRFind:
+    """Several range tests from the same weights on different data orders.
+
+    A suggestion is the geometric median of the runs' suggestions; `spread` says, per rule, how
+    many decades lie between the lowest and the highest run, so one noisy run cannot fool you.
+    """
+
+    runs: tuple[LRFindResult, ...]
+
+    def _per_rule(self) -> dict[str, np.ndarray]:
+        table = [run.suggestions for run in self.runs]
+        return {name: np.array([row[name] for row in table]) for name in table[0]}
+
+    @property
+    def suggestions(self) -> dict[str, float]:
+        """Per rule, the median over runs (geometric; NaN if any run had none)."""
+        return {name: geometric_median(values) for name, values in self._per_rule().items()}
+
+    @property
+    def spread(self) -> dict[str, float]:
+        """Per rule, log10(highest / lowest suggestion) over the runs, in decades."""
+        return {
+            name: float(np.log10(values.max() / values.min()))
+            if np.isfinite(values).all()
+            else math.nan
+            for name, values in self._per_rule().items()
+        }
+
+    def suggest(self, rule: str = "auto") -> float:
+        """The median suggestion of one rule over the runs."""
+        return geometric_median(np.array([run.suggest(rule) for run in self.runs]))
+
+    @property
+    def warnings(self) -> list[str]:
+        """Each run's warnings once, plus rules whose runs disagree by more than a decade."""
+        notes = list(dict.fromkeys(note for run in self.runs for note in run.warnings))
+        for name, decades in self.spread.items():
+            if decades > 1:
+                notes.append(
+                    f"{name}: the runs disagree by {decades:.1f} decades; do not trust one run"
+                )
+        return notes
+
+    def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
+        """Every run's curve, and per rule the range of its suggestions with the median marked."""
+        ranges = {
+            name: (float(values.min()), geometric_median(values), float(values.max()))
+            for name, values in self._per_rule().items()
+        }
+        return lr_find_repeats_figure(
+            [(run.lrs, run.losses) for run in self.runs], ranges, path, ax
+        )
+
+    def __repr__(self) -> str:
+        lines = [
+            f"RepeatedLRFind: {len(self.runs)} runs",
+            f"  {'rule':<9}{'median lr':<12}spread (decades)",
+        ]
+        spread = self.spread
+        for name, value in self.suggestions.items():
+            shown = f"{value:<12.3g}{spread[name]:.2f}" if math.isfinite(value) else "n/a"
             lines.append(f"  {name:<9}{shown}")
         lines += [f"  warning: {note}" for note in self.warnings]
         return "\n".join(lines)

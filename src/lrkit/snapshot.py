@@ -41,7 +41,9 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 @dataclass
-class _RandomStates:
+class RandomStates:
+    """The torch, CUDA, numpy and Python RNG states and those of the given torch.Generators."""
+
     torch_cpu: torch.Tensor
     torch_cuda: list[torch.Tensor] | None
     numpy: Any
@@ -49,7 +51,7 @@ class _RandomStates:
     generators: list[tuple[torch.Generator, torch.Tensor]]
 
     @classmethod
-    def capture(cls, generators: Iterable[torch.Generator]) -> _RandomStates:
+    def capture(cls, generators: Iterable[torch.Generator]) -> RandomStates:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         return cls(
             torch_cpu=torch.get_rng_state(),
@@ -111,7 +113,7 @@ class TrainingSnapshot:
     has_grad: list[bool]
     training: list[bool]
     optimizer_meta: _OptimizerMeta | None
-    random_states: _RandomStates
+    random_states: RandomStates
     tensor_specs: dict[str, tuple[torch.device, torch.dtype]] = field(default_factory=dict)
 
     @classmethod
@@ -152,7 +154,7 @@ class TrainingSnapshot:
             has_grad=[p.grad is not None for p in params],
             training=[m.training for m in model.modules()],
             optimizer_meta=optimizer_meta,
-            random_states=_RandomStates.capture(generators.values()),
+            random_states=RandomStates.capture(generators.values()),
             tensor_specs=specs,
         )
 
