@@ -71,3 +71,14 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, fashion_dir, tmp_path
 def test_help_exits_0(capsys):
     assert main(["find", "--help"]) == 0
     assert "--num-it" in capsys.readouterr().out
+
+
+def test_find_with_repeats_reports_median_and_spread(fashion_dir, tmp_path, capsys):
+    argv = ["find", "--data-path", str(fashion_dir), "--num-it", "20", "--bs", "50"]
+    code = main([*argv, "--repeats", "2", "--out", str(tmp_path), "--json", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    record = json.loads(captured.out)
+    assert len(record["runs"]) == 2
+    assert set(record["spread_decades"]) == set(record["suggestions"])
+    assert "spread (decades)" in captured.err

@@ -27,6 +27,7 @@ from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist
 from lrkit.models import simple_cnn
+from lrkit.range_test_result import finite_or_none
 
 EXIT_USAGE = 2
 
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
     find.add_argument("--div-thresh", type=float, default=4.0, help="stop at this x best loss")
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
+    find.add_argument(
+        "--repeats", type=_positive_int, default=1, help="runs on different data orders (spread)"
+    )
     find.set_defaults(run=run_find)
     return parser
 
@@ -163,10 +167,7 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         f"range test: {args.arch} on {args.dataset} ({dls.n_train} train items, bs {args.bs}), "
         f"{args.num_it} steps {args.start_lr:g} -> {args.end_lr:g}, device {device}"
     )
-    res = lrkit.lr_find(
-        model,
-        dls.train,
-        nn.functional.cross_entropy,
+    settings = dict(
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         num_it=args.num_it,
@@ -176,22 +177,42 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         device=device,
         progress=console.is_terminal,
     )
+    loss_fn = nn.functional.cross_entropy
+    if args.repeats > 1:
+        found = lrkit.lr_find_repeated(model, dls.train, loss_fn, repeats=args.repeats, **settings)
+        first = found.runs[0]
+        record = {
+            **first.to_dict(),
+            "suggestions": {k: finite_or_none(v) for k, v in found.suggestions.items()},
+            "spread_decades": {k: finite_or_none(v) for k, v in found.spread.items()},
+            "warnings": found.warnings,
+            "runs": [run.to_dict() for run in found.runs],
+        }
+        title = f"median suggestions of {args.repeats} runs"
+    else:
+        found = first = lrkit.lr_find(model, dls.train, loss_fn, **settings)
+        record = found.to_dict()
+        title = f"suggestions ({first.stop_reason} after {len(first.lrs)} steps)"
     args.out.mkdir(parents=True, exist_ok=True)
-    res.plot(args.out / "lr_find.png")
-    record = res.to_dict()
+    found.plot(args.out / "lr_find.png")
     record["data"] = {**asdict(data_options), "n_train": dls.n_train, "n_valid": dls.n_valid}
     record["model"] = {"arch": args.arch, "device": str(device)}
     record["versions"] = versions()
     (args.out / "lr_find.json").write_text(json.dumps(record, indent=2))
 
-    table = Table(title=f"suggestions ({res.stop_reason} after {len(res.lrs)} steps)")
+    table = Table(title=title)
     table.add_column("rule")
     table.add_column("learning rate", justify="right")
-    for name, lr in res.suggestions.items():
-        shown = f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)"
-        table.add_row(f"auto (= {lrkit.suggest.AUTO_RULE})" if name == "auto" else name, shown)
+    if args.repeats > 1:
+        table.add_column("spread (decades)", justify="right")
+    for name, lr in found.suggestions.items():
+        row = [f"auto (= {lrkit.suggest.AUTO_RULE})" if name == "auto" else name]
+        row.append(f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)")
+        if args.repeats > 1:
+            row.append(f"{found.spread[name]:.2f}")
+        table.add_row(*row)
     console.print(table)
-    for note in res.warnings:
+    for note in found.warnings:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"wrote {args.out / 'lr_find.png'} and {args.out / 'lr_find.json'}")
     return record

@@ -22,6 +22,11 @@ FLAT_DROP = 0.05
 NOISE_TO_DROP = 1.0
 
 
+def finite_or_none(value: float) -> float | None:
+    """A number for JSON: NaN and infinities become null."""
+    return value if math.isfinite(value) else None
+
+
 @dataclass(frozen=True, eq=False)
 class LRFindResult:
     """One range test: lrs (of the last param group), smoothed and raw losses, and how it ended.
@@ -113,10 +118,6 @@ class LRFindResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers, ready for JSON (NaN suggestions become null)."""
-
-        def finite_or_none(value: float) -> float | None:
-            return value if math.isfinite(value) else None
-
         return {
             "lrs": self.lrs.tolist(),
             "losses": self.losses.tolist(),
