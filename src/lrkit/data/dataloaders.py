@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _length(obj: Any) -> int | None:
@@ -26,11 +30,17 @@ class DataLoaders:
         valid: Iterable | None = None,
         vocab: Sequence[str] | None = None,
         multi_label: bool = False,
+        stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        junk: Sequence[Any] = (),
     ) -> None:
         self.train = train
         self.valid = valid
         self.vocab = list(vocab) if vocab is not None else None
         self.multi_label = multi_label
+        # Per-channel (mean, std) the batches were normalised with; show_batch undoes it.
+        self.stats = stats
+        # Files the image pipeline left out, as (path, reason) records.
+        self.junk = list(junk)
 
     @property
     def n_train(self) -> int | None:
@@ -48,6 +58,18 @@ class DataLoaders:
     def c(self) -> int | None:
         """Number of classes, from the vocabulary."""
         return len(self.vocab) if self.vocab is not None else None
+
+    def show_batch(
+        self, path: str | Path | None = None, n: int = 9, split: str = "train"
+    ) -> Figure:
+        """A grid of the first `n` images of one batch with their labels; PNG when `path` is given.
+
+        Random states of the loader (shuffle, augmentation) are restored afterwards, so looking
+        at a batch does not change the training that follows.
+        """
+        from lrkit.data.show import show_batch
+
+        return show_batch(self, path=path, n=n, split=split)
 
     def __repr__(self) -> str:
         return (

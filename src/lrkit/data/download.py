@@ -1,0 +1,211 @@
+"""Fetching dataset files: a cache folder, resumable downloads checked by sha256, tar extraction.
+
+Both dataset recipes (Pets, Fashion-MNIST) go through `download`: it writes to `<dest>.part`,
+resumes an interrupted transfer with an HTTP Range request, checks the size and sha256 before
+moving the file into place, and turns network failures into one clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20  # bytes read per step while streaming a download
+
+
+class DownloadError(RuntimeError):
+    """A dataset file could not be fetched, resumed, verified or unpacked."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One file to fetch: where from, its expected sha256 and size in bytes (when known)."""
+
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def filename(self) -> str:
+        """The last path component of the URL."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def cache_dir(*parts: str) -> Path:
+    """lrkit's cache folder: $LRKIT_CACHE, else $XDG_CACHE_HOME/lrkit, else ~/.cache/lrkit."""
+    root = os.environ.get("LRKIT_CACHE")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lrkit"
+    return base.joinpath(*parts)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks so large archives need little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _offline_message(url: str, dest: Path, reason: object) -> str:
+    return (
+        f"could not download {url} ({reason}). This machine looks offline or the server is "
+        f"unreachable. Fetch the file by hand and save it as {dest}, or pass path= to a folder "
+        "that already holds the data."
+    )
+
+
+def _progress(total: int | None, done: int, label: str, enabled: bool):
+    """A rich progress bar (or a silent stand-in) for one transfer."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+    task = bar.add_task(label, total=total, completed=done)
+    return bar, task
+
+
+def _verify(part: Path, remote: Remote, dest: Path) -> None:
+    """Check size and sha256 of a finished transfer; a bad file is deleted so reruns start clean."""
+    size = part.stat().st_size
+    if remote.size is not None and size != remote.size:
+        part.unlink()
+        raise DownloadError(
+            f"{dest.name}: got {size} bytes from {remote.url}, expected {remote.size}; "
+            "the partial file was removed, run again to download it afresh"
+        )
+    if remote.sha256 is not None:
+        got = sha256_file(part)
+        if got != remote.sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{dest.name}: sha256 {got} does not match the expected {remote.sha256} "
+                f"(from {remote.url}); the file was removed, run again to download it afresh"
+            )
+
+
+def download(
+    remote: Remote, dest: str | Path, progress: bool = True, timeout: float = 30.0
+) -> Path:
+    """Fetch `remote` to `dest` unless a verified copy is there; resume a `.part` left behind."""
+    dest = Path(dest)
+    if dest.exists() and (remote.sha256 is None or sha256_file(dest) == remote.sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    done = part.stat().st_size if part.exists() else 0
+    if remote.size is not None and done > remote.size:
+        part.unlink()
+        done = 0
+    if remote.size is None or done < remote.size:
+        _transfer(remote, dest, part, done, progress, timeout)
+    _verify(part, remote, dest)
+    os.replace(part, dest)
+    return dest
+
+
+def _transfer(
+    remote: Remote, dest: Path, part: Path, done: int, progress: bool, timeout: float
+) -> None:
+    """Stream the (rest of the) file into `part`; keep what arrived when the transfer breaks."""
+    request = urllib.request.Request(remote.url, headers={"User-Agent": "lrkit"})
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and done:  # the part file already holds every byte
+            return
+        raise DownloadError(
+            f"could not download {remote.url}: HTTP {err.code} {err.reason}"
+        ) from err
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise DownloadError(_offline_message(remote.url, dest, err)) from err
+    with response:
+        resumed = done > 0 and response.status == 206
+        if not resumed:
+            done = 0  # the server ignored the Range header: start over
+        length = response.headers.get("Content-Length")
+        total = done + int(length) if length is not None else remote.size
+        bar, task = _progress(total, done, dest.name, progress)
+        received = done
+        try:
+            with bar, open(part, "ab" if resumed else "wb") as f:
+                while block := response.read(CHUNK):
+                    f.write(block)
+                    received += len(block)
+                    bar.update(task, completed=received)
+        except (http.client.IncompleteRead, OSError) as err:
+            raise DownloadError(
+                f"the download of {remote.url} broke off after {received} bytes ({err}); "
+                f"{part} keeps them, run again to resume"
+            ) from err
+    if total is not None and received < total:
+        raise DownloadError(
+            f"the download of {remote.url} stopped at {received} of {total} bytes; "
+            f"{part} keeps them, run again to resume"
+        )
+
+
+def extract_tar(archive: str | Path, dest: str | Path) -> Path:
+    """Unpack a tar(.gz) archive into `dest`; a corrupt archive is removed and named."""
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # Python < 3.11.4: refuse paths that leave `dest`
+                root = dest.resolve()
+                for member in tar.getmembers():
+                    target = (dest / member.name).resolve()
+                    if root not in (target, *target.parents):
+                        raise DownloadError(f"{archive}: member {member.name!r} leaves {dest}")
+                tar.extractall(dest)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        archive.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{archive} is not a readable tar archive ({err}); it was removed, "
+            "run again to download it afresh"
+        ) from err
+    return dest
+
+
+def fetch_and_extract(
+    remotes: list[Remote], dest: str | Path, progress: bool = True, keep_archives: bool = False
+) -> Path:
+    """Download each archive into `dest`, unpack it there, and mark the folder complete."""
+    dest = Path(dest)
+    marker = dest / ".lrkit-complete"
+    if marker.exists():
+        return dest
+    for remote in remotes:
+        archive = download(remote, dest / remote.filename, progress=progress)
+        extract_tar(archive, dest)
+        if not keep_archives:
+            archive.unlink()
+    marker.write_text("\n".join(r.url for r in remotes) + "\n")
+    return dest

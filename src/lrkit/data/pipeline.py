@@ -1,0 +1,303 @@
+"""From a folder of images to `DataLoaders`: items, labels, junk check, split, loaders.
+
+`image_dataloaders` takes labels from file names, folders or a function; `csv_dataloaders`
+from a CSV (multi-label when asked). Both share `build_dataloaders`, which leaves out every
+unusable file before training starts and reports them all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrkit.data.augment import IMAGENET_STATS, AugConfig, BatchTransform
+from lrkit.data.cache import PresizeCache
+from lrkit.data.dataloaders import DataLoaders
+from lrkit.data.decode import Junk, check_image
+from lrkit.data.download import cache_dir
+from lrkit.data.items import get_image_files
+from lrkit.data.labels import (
+    LabelError,
+    Labeller,
+    folder_labeller,
+    func_labeller,
+    make_vocab,
+    read_label_csv,
+    regex_labeller,
+)
+from lrkit.data.loader import ImageBatches, ImageItems, default_num_workers
+from lrkit.data.presize import PresizeConfig
+from lrkit.data.splits import random_split, split_by_folder, split_from_names
+
+PETS_LABEL_RE = r"^(.+)_\d+\.\w+$"
+
+
+class JunkWarning(UserWarning):
+    """Some files were left out of the data; the message lists them with reasons."""
+
+
+class BadImagesError(ValueError):
+    """Unusable files were found and on_junk="error" asked to stop."""
+
+
+def junk_report(junk: Sequence[Junk], root: Path | None = None) -> str:
+    """One line per left-out file: its path (relative to `root` when possible) and the reason."""
+    lines = []
+    for j in junk:
+        shown = j.path.relative_to(root) if root and j.path.is_relative_to(root) else j.path
+        lines.append(f"  {shown}: {j.reason}")
+    return "\n".join(lines)
+
+
+def _raise_or_warn(junk: list[Junk], on_junk: str, root: Path | None) -> None:
+    if not junk:
+        return
+    report = f"{len(junk)} file(s) left out:\n{junk_report(junk, root)}"
+    if on_junk == "error":
+        raise BadImagesError(report + "\nremove or fix them, or pass on_junk='skip'")
+    warnings.warn(report, JunkWarning, stacklevel=3)
+
+
+def _cache_folder(cache: bool | str | Path, paths: Sequence[Path], cfg: PresizeConfig) -> Path:
+    if cache is True:
+        first = str(paths[0].resolve().parent) if paths else ""
+        digest = hashlib.sha1(f"{first}|{cfg}".encode()).hexdigest()[:16]
+        return cache_dir("presize", digest)
+    return Path(cache)
+
+
+def build_dataloaders(
+    paths: Sequence[Path],
+    labels: Sequence[list[str]],
+    is_valid: np.ndarray,
+    multi_label: bool = False,
+    presize: int = 460,
+    size: int = 224,
+    min_scale: float = 0.75,
+    aug: AugConfig | None = None,
+    bs: int = 32,
+    seed: int = 73,
+    num_workers: int | None = None,
+    device: torch.device | str | None = None,
+    cache: bool | str | Path = False,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
+    junk: Sequence[Junk] = (),
+    vocab: Sequence[str] | None = None,
+    on_junk: str = "skip",
+) -> DataLoaders:
+    """DataLoaders for items already checked, labelled and split (`is_valid` mask)."""
+    if not paths:
+        raise ValueError("no usable images left; see the list of left-out files above")
+    junk = list(junk)
+    cfg = PresizeConfig(presize=presize)
+    workers = default_num_workers() if num_workers is None else num_workers
+    store = None
+    if cache:
+        store = PresizeCache(_cache_folder(cache, paths, cfg), cfg)
+        failed = store.build(paths, num_workers=workers)
+        if failed:  # undecodable after passing the quick check: left out like the rest
+            _raise_or_warn(failed, on_junk, None)
+            junk += failed
+            bad = {j.path for j in failed}
+            ok = [i for i, p in enumerate(paths) if p not in bad]
+            paths, labels, is_valid = [paths[i] for i in ok], [labels[i] for i in ok], is_valid[ok]
+            store = store.subset(ok)
+    vocab = list(vocab) if vocab is not None else make_vocab(labels)
+    index = {name: i for i, name in enumerate(vocab)}
+    if multi_label:
+        targets = torch.zeros(len(paths), len(vocab))
+        for row, item in enumerate(labels):
+            targets[row, [index[v] for v in item]] = 1.0
+    else:
+        targets = torch.tensor([index[item[0]] for item in labels], dtype=torch.long)
+    aug = aug if aug is not None else AugConfig(min_scale=min_scale)
+    loaders = []
+    for valid in (False, True):
+        keep = np.flatnonzero(is_valid == valid)
+        view = store.subset(keep.tolist()) if store is not None else None
+        dataset = ImageItems([paths[i] for i in keep], targets[keep], cfg, view)
+        transform = BatchTransform(size=size, aug=aug, stats=stats, train=not valid)
+        loaders.append(
+            ImageBatches(
+                dataset,
+                transform,
+                bs,
+                shuffle=not valid,
+                seed=seed,
+                num_workers=workers,
+                device=device,
+            )
+        )
+    return DataLoaders(
+        loaders[0], loaders[1], vocab=vocab, multi_label=multi_label, stats=stats, junk=junk
+    )
+
+
+def check_items(
+    paths: Iterable[Path], labeller: Labeller | None, full_check: bool = False
+) -> tuple[list[Path], list[list[str]], list[Junk]]:
+    """(usable paths, their labels, junk): the header check and labelling, before training."""
+    good, labels, junk = [], [], []
+    for path in paths:
+        reason = check_image(path, full=full_check)
+        if reason is None and labeller is not None:
+            try:
+                item_labels = labeller(path)
+            except LabelError as err:
+                reason = str(err)
+        if reason is not None:
+            junk.append(Junk(path, reason))
+            continue
+        good.append(path)
+        labels.append(item_labels if labeller is not None else [])
+    return good, labels, junk
+
+
+def _choose_labeller(
+    label_re: str | None, label_func: Callable | None, label_from_folder: bool
+) -> Labeller:
+    chosen = sum([label_re is not None, label_func is not None, label_from_folder])
+    if chosen > 1:
+        raise ValueError("give one of label_re, label_func and label_from_folder, not several")
+    if label_func is not None:
+        return func_labeller(label_func)
+    if label_from_folder:
+        return folder_labeller
+    return regex_labeller(label_re if label_re is not None else PETS_LABEL_RE)
+
+
+def image_dataloaders(
+    folder: str | Path,
+    label_re: str | None = None,
+    label_func: Callable[[Path], str | Sequence[str]] | None = None,
+    label_from_folder: bool = False,
+    valid_pct: float = 0.5,
+    seed: int = 73,
+    valid_names: Iterable[str] | None = None,
+    train_names: Iterable[str] | None = None,
+    split_folders: tuple[str, str] | None = None,
+    presize: int = 460,
+    size: int = 224,
+    min_scale: float = 0.75,
+    bs: int = 32,
+    aug: AugConfig | None = None,
+    num_workers: int | None = None,
+    device: torch.device | str | None = None,
+    cache: bool | str | Path = False,
+    on_junk: str = "skip",
+    full_check: bool = False,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
+) -> DataLoaders:
+    """Images under `folder`, labelled by file name (Pets: `Breed_name_12.jpg`), folder or func.
+
+    Split: `split_folders=("train", "valid")`, else `valid_names` (and `train_names`), else a
+    seeded random `valid_pct`. Unusable files are left out and listed once (a JunkWarning), or
+    raise BadImagesError with on_junk="error".
+    """
+    if on_junk not in ("skip", "error"):
+        raise ValueError(f'on_junk must be "skip" or "error", got {on_junk!r}')
+    folder = Path(folder)
+    labeller = _choose_labeller(label_re, label_func, label_from_folder)
+    paths, labels, junk = check_items(get_image_files(folder), labeller, full_check)
+    _raise_or_warn(junk, on_junk, folder)
+    if split_folders is not None:
+        is_valid, keep = split_by_folder(paths, folder, *split_folders)
+    elif valid_names is not None:
+        is_valid, keep = split_from_names(paths, valid_names, train_names)
+    else:
+        is_valid, keep = random_split(len(paths), valid_pct, seed), np.ones(len(paths), bool)
+    paths = [p for p, k in zip(paths, keep, strict=True) if k]
+    labels = [lab for lab, k in zip(labels, keep, strict=True) if k]
+    return build_dataloaders(
+        paths,
+        labels,
+        is_valid[keep],
+        multi_label=False,
+        presize=presize,
+        size=size,
+        min_scale=min_scale,
+        aug=aug,
+        bs=bs,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        cache=cache,
+        stats=stats,
+        junk=junk,
+        on_junk=on_junk,
+    )
+
+
+def csv_dataloaders(
+    folder: str | Path,
+    csv: str | Path,
+    fn_col: int | str = 0,
+    label_col: int | str = 1,
+    multi_label: bool = False,
+    label_delim: str | None = None,
+    valid_col: int | str | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 73,
+    presize: int = 460,
+    size: int = 224,
+    min_scale: float = 0.75,
+    bs: int = 32,
+    aug: AugConfig | None = None,
+    num_workers: int | None = None,
+    device: torch.device | str | None = None,
+    cache: bool | str | Path = False,
+    on_junk: str = "skip",
+    full_check: bool = False,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
+) -> DataLoaders:
+    """Images named in a CSV (file name column, label column) under `folder`.
+
+    With multi_label=True the labels are split on `label_delim` (default a space) and targets
+    are multi-hot float vectors. A `valid_col` of true/1/yes marks validation rows; without
+    one the split is a seeded random `valid_pct`.
+    """
+    if on_junk not in ("skip", "error"):
+        raise ValueError(f'on_junk must be "skip" or "error", got {on_junk!r}')
+    folder = Path(folder)
+    delim = label_delim if label_delim is not None else (" " if multi_label else None)
+    rows = read_label_csv(csv, fn_col, label_col, delim, valid_col)
+    junk, listed = [], {}
+    for name, item_labels, valid in rows:
+        path = folder / name
+        if not path.is_file():
+            junk.append(Junk(path, f"listed in {Path(csv).name} but missing"))
+        elif not item_labels and not multi_label:
+            junk.append(Junk(path, f"no label in {Path(csv).name}"))
+        else:
+            listed[path] = (item_labels, valid)
+    paths, _, bad = check_items(listed, None, full_check)
+    junk += bad
+    _raise_or_warn(junk, on_junk, folder)
+    labels = [listed[p][0] for p in paths]
+    if valid_col is not None:
+        is_valid = np.array([listed[p][1] for p in paths], dtype=bool)
+    else:
+        is_valid = random_split(len(paths), valid_pct, seed)
+    return build_dataloaders(
+        paths,
+        labels,
+        is_valid,
+        multi_label=multi_label,
+        presize=presize,
+        size=size,
+        min_scale=min_scale,
+        aug=aug,
+        bs=bs,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        cache=cache,
+        stats=stats,
+        junk=junk,
+        on_junk=on_junk,
+    )

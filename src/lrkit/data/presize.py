@@ -1,0 +1,73 @@
+"""Presizing: each item once to a square of `presize` pixels, uint8, before batch augmentation.
+
+Geometry (shared by the direct path and the cache so both give the same pixels): the usable
+region is the centre of the image with an aspect ratio of at most `max_aspect` (the long side
+is trimmed); a square with side = the region's short side is cropped from it at position
+(u, v) in [0, 1] (0.5, 0.5 = centre; random for training) and resized to `presize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class PresizeConfig:
+    """How items are presized: square side in pixels, and the widest aspect kept."""
+
+    presize: int = 460
+    max_aspect: float = 4 / 3
+
+
+def region_box(width: int, height: int, max_aspect: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the centre region whose aspect is at most `max_aspect`."""
+    short = min(width, height)
+    long_kept = min(max(width, height), round(short * max_aspect))
+    if width >= height:
+        left = (width - long_kept) // 2
+        return left, 0, left + long_kept, height
+    top = (height - long_kept) // 2
+    return 0, top, width, top + long_kept
+
+
+def region_shape(width: int, height: int, cfg: PresizeConfig) -> tuple[int, int]:
+    """(height, width) of the region after resizing its short side to `presize`."""
+    left, top, right, bottom = region_box(width, height, cfg.max_aspect)
+    w, h = right - left, bottom - top
+    scale = cfg.presize / min(w, h)
+    return max(cfg.presize, round(h * scale)), max(cfg.presize, round(w * scale))
+
+
+def square_offset(length: int, side: int, u: float) -> float:
+    """Start of a `side`-long window at fraction `u` of the free play along `length`."""
+    return u * (length - side)
+
+
+def presize_image(img: Image.Image, cfg: PresizeConfig, u: float, v: float) -> np.ndarray:
+    """(presize, presize, 3) uint8: the square at (u, v) of the region, resized in one step."""
+    left, top, right, bottom = region_box(*img.size, cfg.max_aspect)
+    side = min(right - left, bottom - top)
+    x0 = left + square_offset(right - left, side, u)
+    y0 = top + square_offset(bottom - top, side, v)
+    box = (x0, y0, x0 + side, y0 + side)
+    out = img.resize((cfg.presize, cfg.presize), Image.Resampling.BILINEAR, box=box)
+    return np.array(out)  # a writable copy: torch.from_numpy needs one
+
+
+def presize_region(img: Image.Image, cfg: PresizeConfig) -> np.ndarray:
+    """(H, W, 3) uint8: the whole region with its short side at `presize` (what the cache keeps)."""
+    box = region_box(*img.size, cfg.max_aspect)
+    height, width = region_shape(*img.size, cfg)
+    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, box=box))
+
+
+def crop_square(region: np.ndarray, u: float, v: float) -> np.ndarray:
+    """The (side, side) square at (u, v) of an (H, W, C) region; side = min(H, W)."""
+    height, width = region.shape[:2]
+    side = min(height, width)
+    y0 = round(square_offset(height, side, v))
+    x0 = round(square_offset(width, side, u))
+    return region[y0 : y0 + side, x0 : x0 + side]

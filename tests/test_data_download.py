@@ -1,0 +1,131 @@
+"""Downloads against a local HTTP server: success, resume, checksum mismatch, corrupt archive."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import FileServer, serve
+from lrkit.data.download import (
+    DownloadError,
+    Remote,
+    cache_dir,
+    download,
+    extract_tar,
+    fetch_and_extract,
+)
+
+PAYLOAD = bytes(range(256)) * 4000  # ~1 MB, so the transfer spans several chunks
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_download_verifies_and_moves_into_place(tmp_path: Path) -> None:
+    with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
+        remote = Remote(server.url("a.bin"), sha(PAYLOAD), len(PAYLOAD))
+        dest = download(remote, tmp_path / "a.bin", progress=False)
+        assert dest.read_bytes() == PAYLOAD
+        assert not (tmp_path / "a.bin.part").exists()
+        # a verified copy is not fetched again
+        server.files.clear()
+        assert download(remote, dest, progress=False) == dest
+
+
+def test_interrupted_transfer_resumes_with_range(tmp_path: Path) -> None:
+    state = FileServer(files={"a.bin": PAYLOAD}, cut_after={"a.bin": 300_000})
+    with serve(state) as server:
+        remote = Remote(server.url("a.bin"), sha(PAYLOAD), len(PAYLOAD))
+        with pytest.raises(DownloadError, match="resume"):
+            download(remote, tmp_path / "a.bin", progress=False)
+        part = tmp_path / "a.bin.part"
+        assert part.stat().st_size == 300_000
+        dest = download(remote, tmp_path / "a.bin", progress=False)
+    assert server.ranges == ["bytes=300000-"]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_checksum_mismatch_removes_the_file(tmp_path: Path) -> None:
+    with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
+        remote = Remote(server.url("a.bin"), sha(b"something else"), len(PAYLOAD))
+        with pytest.raises(DownloadError, match=r"a\.bin: sha256 .* does not match"):
+            download(remote, tmp_path / "a.bin", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_size_is_reported(tmp_path: Path) -> None:
+    with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
+        remote = Remote(server.url("a.bin"), None, len(PAYLOAD) + 10)
+        with pytest.raises(DownloadError, match="expected"):
+            download(remote, tmp_path / "a.bin", progress=False)
+
+
+def test_http_error_names_the_url(tmp_path: Path) -> None:
+    with serve(FileServer()) as server, pytest.raises(DownloadError, match="HTTP 404"):
+        download(Remote(server.url("missing.bin")), tmp_path / "m.bin", progress=False)
+
+
+def test_offline_message(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    remote = Remote(f"http://127.0.0.1:{port}/a.bin", sha(PAYLOAD))
+    with pytest.raises(DownloadError, match="offline") as info:
+        download(remote, tmp_path / "a.bin", progress=False, timeout=2)
+    assert str(tmp_path / "a.bin") in str(info.value)
+
+
+def test_fetch_and_extract_unpacks_and_marks_complete(tmp_path: Path) -> None:
+    archive = tar_bytes({"images/x.txt": b"x", "annotations/list.txt": b"y"})
+    with serve(FileServer(files={"a.tar.gz": archive})) as server:
+        remotes = [Remote(server.url("a.tar.gz"), sha(archive), len(archive))]
+        out = fetch_and_extract(remotes, tmp_path / "pets", progress=False)
+        assert (out / "images" / "x.txt").read_bytes() == b"x"
+        assert not (out / "a.tar.gz").exists()
+        server.files.clear()  # a completed folder is not fetched again
+        assert fetch_and_extract(remotes, tmp_path / "pets", progress=False) == out
+
+
+def test_corrupt_archive_is_removed_and_named(tmp_path: Path) -> None:
+    junk = b"\x1f\x8b" + b"not really gzip" * 100
+    with serve(FileServer(files={"bad.tar.gz": junk})) as server:
+        remotes = [Remote(server.url("bad.tar.gz"), sha(junk), len(junk))]
+        with pytest.raises(DownloadError, match=r"bad\.tar\.gz is not a readable tar"):
+            fetch_and_extract(remotes, tmp_path / "pets", progress=False)
+    assert not (tmp_path / "pets" / "bad.tar.gz").exists()
+    assert not (tmp_path / "pets" / ".lrkit-complete").exists()
+
+
+def test_extract_refuses_paths_outside(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar.gz"
+    archive.write_bytes(tar_bytes({"../evil.txt": b"x"}))
+    with pytest.raises(DownloadError):
+        extract_tar(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("LRKIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir("pets") == tmp_path / "xdg" / "lrkit" / "pets"
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "mine"))
+    assert cache_dir("pets") == tmp_path / "mine" / "pets"
+    monkeypatch.delenv("LRKIT_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "lrkit"
