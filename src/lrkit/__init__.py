@@ -1,13 +1,60 @@
 """lrkit: learning-rate range tests, suggestion rules and fine-tuning for PyTorch."""
 
+from lrkit import datasets, suggest, vision
 from lrkit.batch import default_forward, to_device
+from lrkit.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ProgressCallback,
+    Recorder,
+    SaveBestModel,
+)
+from lrkit.checkpoint import Prediction, Predictor, load_learner
 from lrkit.data import DataLoaders
+from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
+from lrkit.layer_groups import check_layer_groups
+from lrkit.learner import Learner
+from lrkit.metrics import (
+    accuracy,
+    accuracy_multi,
+    error_rate,
+    f1_multi,
+    fbeta_multi,
+    top_k_accuracy,
+)
+from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CSVLogger",
+    "Callback",
     "DataLoaders",
+    "EarlyStopping",
+    "LRFindResult",
+    "Learner",
+    "Prediction",
+    "Predictor",
+    "ProgressCallback",
+    "RangeTestConfig",
+    "Recorder",
+    "RepeatedLRFind",
+    "SaveBestModel",
     "__version__",
+    "accuracy",
+    "accuracy_multi",
+    "check_layer_groups",
+    "datasets",
     "default_forward",
+    "error_rate",
+    "f1_multi",
+    "fbeta_multi",
+    "load_learner",
+    "lr_find",
+    "lr_find_repeated",
+    "suggest",
     "to_device",
+    "top_k_accuracy",
+    "vision",
 ]
