@@ -11,6 +11,7 @@ from lrkit.callbacks import (
     SaveBestModel,
 )
 from lrkit.checkpoint import Prediction, Predictor, load_learner
+from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
 from lrkit.layer_groups import check_layer_groups
@@ -30,6 +31,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CSVLogger",
     "Callback",
+    "CompareConfig",
+    "Comparison",
     "DataLoaders",
     "EarlyStopping",
     "LRFindResult",
@@ -45,6 +48,7 @@ __all__ = [
     "accuracy",
     "accuracy_multi",
     "check_layer_groups",
+    "compare_rules",
     "datasets",
     "default_forward",
     "error_rate",

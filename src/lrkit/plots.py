@@ -176,3 +176,25 @@ def lr_find_repeats_figure(
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"range test, {len(curves)} runs: suggestion ranges per rule")
     return save_figure(fig, path)
+
+
+def valid_loss_per_rule_figure(
+    curves: dict[str, list[float | None]],
+    diverged: set[str],
+    path: str | Path | None = None,
+) -> Figure:
+    """Validation loss per epoch, one line per suggestion rule; diverged runs dashed."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for index, (rule, losses) in enumerate(curves.items()):
+        epochs = [e + 1 for e, v in enumerate(losses) if v is not None and np.isfinite(v)]
+        values = [v for v in losses if v is not None and np.isfinite(v)]
+        style = "--" if rule in diverged else "-"
+        label = f"{rule} (diverged)" if rule in diverged else rule
+        ax.plot(epochs, values, style, marker="o", color=f"C{index + 1}", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("validation loss per epoch, one run per rule")
+    return save_figure(fig, path)

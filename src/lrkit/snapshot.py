@@ -104,7 +104,7 @@ class _OptimizerMeta:
 
 @dataclass
 class TrainingSnapshot:
-    """What `capture` saw; `restore` puts it back. Use once: restore, then it is discarded."""
+    """What `capture` saw; `restore` puts it back (and drops the copy unless asked to keep it)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer | None
@@ -159,8 +159,9 @@ class TrainingSnapshot:
         )
 
     @torch.no_grad()
-    def restore(self) -> None:
-        """Write every saved value back in place; parameters keep their identity."""
+    def restore(self, keep: bool = False) -> None:
+        """Write every saved value back in place; parameters keep their identity. The copy is
+        discarded afterwards unless `keep` (to restore the same state again later)."""
         saved = self.store.load()
         params = list(self.model.parameters())
         for index, param in enumerate(params):
@@ -177,7 +178,8 @@ class TrainingSnapshot:
         if self.optimizer is not None and self.optimizer_meta is not None:
             _restore_optimizer(self.optimizer, self.optimizer_meta, saved, self.tensor_specs)
         self.random_states.restore()
-        self.store.discard()
+        if not keep:
+            self.store.discard()
 
 
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

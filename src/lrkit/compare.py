@@ -1,0 +1,237 @@
+"""The strategy comparison: one range test, then the same training recipe once per suggestion
+rule, each from the same initial weights, optimizer state, RNG states and data order.
+
+This is the seed article's experiment (lowest-loss lr vs minimum/10 vs steepest point) made
+one call for any Learner: the answer to "which rule should I trust?" measured, not argued.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lrkit import suggest
+from lrkit.learner import Learner
+from lrkit.plots import valid_loss_per_rule_figure
+from lrkit.range_test_result import LRFindResult, finite_or_none
+from lrkit.report import Report
+from lrkit.snapshot import TrainingSnapshot
+
+DEFAULT_RULES = ("lowest", "minimum", "steep", "valley", "slide", "auto")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The recipe every rule's run follows; saved beside the results."""
+
+    rules: tuple[str, ...] = DEFAULT_RULES
+    epochs: int = 2
+    schedule: str = "one-cycle"  # "one-cycle" (fit_one_cycle at the rule's lr) or "constant"
+    num_it: int = 100  # steps of the range test
+    metric: str = "error_rate"  # the column the table ranks the rules by (lower is better)
+
+    def check(self) -> None:
+        """Refuse impossible settings before any training."""
+        if not self.rules:
+            raise ValueError("rules is empty: name at least one suggestion rule")
+        known = suggest.rule_names()
+        unknown = [rule for rule in self.rules if rule not in known]
+        if unknown:
+            raise ValueError(f"unknown rules {unknown}; choose from {known}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.schedule not in ("one-cycle", "constant"):
+            raise ValueError(f"schedule must be 'one-cycle' or 'constant', got {self.schedule!r}")
+
+
+@dataclass
+class RuleRun:
+    """How training went at one rule's learning rate."""
+
+    rule: str
+    lr: float  # nan when the curve was too short for the rule
+    diverged: bool
+    train_loss: float | None
+    valid_loss: float | None
+    metrics: dict[str, float | None]
+    seconds: float
+    valid_losses: list[float | None] = field(default_factory=list)  # per finished epoch
+    note: str = ""
+
+    def value(self, name: str) -> float | None:
+        """A column of the table by name: lr, train_loss, valid_loss or a metric."""
+        if name in ("lr", "train_loss", "valid_loss"):
+            return getattr(self, name)
+        return self.metrics.get(name)
+
+
+@dataclass
+class Comparison:
+    """The range test, one run per rule, and the recipe that produced them."""
+
+    range_test: LRFindResult
+    runs: list[RuleRun]
+    config: CompareConfig
+
+    def best(self) -> RuleRun | None:
+        """The run with the lowest ranking metric (valid loss if the metric is missing),
+        among runs that did not diverge."""
+        scored = [
+            (score, index)
+            for index, run in enumerate(self.runs)
+            if not run.diverged and (score := self._score(run)) is not None
+        ]
+        return self.runs[min(scored)[1]] if scored else None
+
+    def _score(self, run: RuleRun) -> float | None:
+        value = run.value(self.config.metric)
+        value = run.valid_loss if value is None else value
+        return value if value is not None and math.isfinite(value) else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One plain dict per rule: rule, lr, diverged, losses, metrics, seconds."""
+        return [
+            {
+                "rule": run.rule,
+                "lr": finite_or_none(run.lr),
+                "diverged": run.diverged,
+                "train_loss": run.train_loss,
+                "valid_loss": run.valid_loss,
+                **run.metrics,
+                "error_rate": run.metrics.get("error_rate"),  # always present, None if unmeasured
+                "seconds": run.seconds,
+                "valid_losses": run.valid_losses,
+                "note": run.note,
+            }
+            for run in self.runs
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: config, range test, rows and the best rule."""
+        best = self.best()
+        return {
+            "config": asdict(self.config),
+            "range_test": self.range_test.to_dict(),
+            "rows": self.rows(),
+            "best_rule": best.rule if best else None,
+        }
+
+
+def _final(log: list[dict[str, Any]], key: str) -> float | None:
+    value = log[-1].get(key) if log else None
+    return float(value) if value is not None else None
+
+
+def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
+    """Range-test `learn`, then train it once per rule from its current state; the learner is
+    put back in that state at the end, so nothing about it changes."""
+    config = config or CompareConfig()
+    config.check()
+    range_test = learn.lr_find(num_it=config.num_it)
+    start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
+    runs: list[RuleRun] = []
+    try:
+        for rule in config.rules:
+            start.restore(keep=True)  # same weights, optimizer, RNGs and data order every time
+            runs.append(_train_at_rule(learn, range_test, rule, config))
+    finally:
+        start.restore()
+    return Comparison(range_test=range_test, runs=runs, config=config)
+
+
+def _train_at_rule(
+    learn: Learner, range_test: LRFindResult, rule: str, config: CompareConfig
+) -> RuleRun:
+    try:
+        lr = range_test.suggest(rule)
+    except suggest.CurveTooShortError as error:
+        return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=str(error))
+    began = time.perf_counter()
+    if config.schedule == "one-cycle":
+        learn.fit_one_cycle(config.epochs, lr)
+    else:
+        learn.fit(config.epochs, lr)
+    seconds = time.perf_counter() - began
+    log = learn.recorder.log
+    valid_loss = _final(log, "valid_loss")
+    diverged = learn.diverged or (valid_loss is not None and not math.isfinite(valid_loss))
+    skip = {"epoch", "train_loss", "valid_loss", "time"}
+    metrics = {key: _final(log, key) for key in (log[-1] if log else {}) if key not in skip}
+    return RuleRun(
+        rule=rule,
+        lr=lr,
+        diverged=diverged,
+        train_loss=_final(log, "train_loss"),
+        valid_loss=valid_loss,
+        metrics=metrics,
+        seconds=seconds,
+        valid_losses=[row.get("valid_loss") for row in log],
+        note=(learn.stop_reason or "") if diverged else "",
+    )
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def rule_table(comparison: Comparison) -> list[list[str]]:
+    """The comparison as text cells, header row first; diverged runs say so."""
+    metric_names = sorted({name for run in comparison.runs for name in run.metrics})
+    table = [["rule", "lr", "train_loss", "valid_loss", *metric_names, "time (s)"]]
+    best = comparison.best()
+    for run in comparison.runs:
+        name = run.rule + (" (best)" if run is best else "")
+        lr = f"{run.lr:.2e}" if math.isfinite(run.lr) else "n/a"
+        if run.diverged:
+            results = ["diverged", "diverged", *["-"] * len(metric_names)]
+        else:
+            metrics = [_cell(run.metrics.get(m)) for m in metric_names]
+            results = [_cell(run.train_loss), _cell(run.valid_loss), *metrics]
+        table.append([name, lr, *results, f"{run.seconds:.1f}"])
+    return table
+
+
+def write_comparison(
+    comparison: Comparison, folder: str | Path, extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Plots, comparison.json (with `extra`, e.g. data settings and versions) and report.md +
+    report.html into `folder`; returns the written paths by name."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "lr_find_plot": folder / "lr_find.png",
+        "valid_loss_plot": folder / "valid_loss.png",
+        "json": folder / "comparison.json",
+    }
+    comparison.range_test.plot(paths["lr_find_plot"])
+    valid_loss_per_rule_figure(
+        {run.rule: run.valid_losses for run in comparison.runs},
+        {run.rule for run in comparison.runs if run.diverged},
+        paths["valid_loss_plot"],
+    )
+    paths["json"].write_text(json.dumps({**comparison.to_dict(), **(extra or {})}, indent=2))
+
+    config = comparison.config
+    report = Report("Learning-rate rules compared")
+    report.paragraph(
+        f"One range test ({len(comparison.range_test.lrs)} steps, stopped: "
+        f"{comparison.range_test.stop_reason}), then {config.epochs} epochs of "
+        f"{config.schedule} training per rule, each from the same weights, optimizer state, "
+        "random states and data order."
+    )
+    report.table(rule_table(comparison))
+    best = comparison.best()
+    if best is not None:
+        report.paragraph(f"Best: {best.rule} (lr {best.lr:.2e}), ranked by {config.metric}.")
+    for note in comparison.range_test.warnings:
+        report.paragraph(f"Warning about the range test: {note}")
+    report.figure(paths["lr_find_plot"], "The range test with every rule's suggestion marked")
+    report.figure(paths["valid_loss_plot"], "Validation loss per epoch for each rule")
+    report.heading("Settings")
+    report.paragraph(json.dumps({"config": asdict(config), **(extra or {})}))
+    paths["report_md"], paths["report_html"] = report.write(folder)
+    return paths

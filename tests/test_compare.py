@@ -1,0 +1,94 @@
+"""The strategy comparison: one range test, one run per rule from the same start."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner_fixtures import clone_state, make_learner
+from lrkit import LRFindResult
+from lrkit.compare import (
+    CompareConfig,
+    Comparison,
+    RuleRun,
+    compare_rules,
+    rule_table,
+    write_comparison,
+)
+
+torch.set_num_threads(1)
+
+
+def test_every_rule_starts_from_the_same_state_and_the_learner_is_left_as_it_was():
+    learn = make_learner(metrics=[])
+    before = clone_state(learn.model)
+    config = CompareConfig(rules=("minimum", "auto", "valley"), epochs=2, num_it=30)
+    comparison = compare_rules(learn, config)
+    minimum, auto, valley = comparison.runs
+    # auto is minimum: same lr from the same start and data order -> the very same run
+    assert minimum.lr == auto.lr
+    assert minimum.valid_losses == auto.valid_losses and minimum.train_loss == auto.train_loss
+    assert valley.lr != minimum.lr
+    assert len(minimum.valid_losses) == 2
+    after = clone_state(learn.model)
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_metrics_of_the_last_epoch_are_reported():
+    from lrkit import error_rate
+
+    learn = make_learner(metrics=[error_rate])
+    comparison = compare_rules(learn, CompareConfig(rules=("minimum",), epochs=1, num_it=20))
+    row = comparison.rows()[0]
+    assert row["rule"] == "minimum" and 0.0 <= row["error_rate"] <= 1.0
+    assert row["valid_loss"] == comparison.runs[0].valid_losses[-1]
+
+
+def test_bad_config_is_refused_before_training():
+    learn = make_learner()
+    before = clone_state(learn.model)
+    with pytest.raises(ValueError, match="'sharpest'"):
+        compare_rules(learn, CompareConfig(rules=("minimum", "sharpest")))
+    with pytest.raises(ValueError, match="epochs"):
+        compare_rules(learn, CompareConfig(epochs=0))
+    assert all(torch.equal(before[k], v) for k, v in clone_state(learn.model).items())
+
+
+def fake_comparison():
+    lrs = 1e-7 * 1e8 ** (np.arange(100) / 100)
+    x = np.linspace(0, 1, 100)
+    losses = 2.3 - 1.8 / (1 + np.exp(-(x - 0.55) * 14)) + np.exp((x - 0.9) * 25)
+    range_test = LRFindResult(lrs, losses, losses, lrs[:, None], 100, 1e-7, 10.0, "exp", "diverged")
+    runs = [
+        RuleRun("lowest", 0.3, True, None, math.nan, {"error_rate": None}, 1.0, [2.0, math.nan],
+                note="the loss became NaN at epoch 1, batch 3"),
+        RuleRun("minimum", 0.03, False, 0.4, 0.5, {"error_rate": 0.12}, 1.0, [0.7, 0.5]),
+        RuleRun("valley", 0.001, False, 0.9, 0.8, {"error_rate": 0.3}, 1.0, [1.0, 0.8]),
+    ]  # fmt: skip
+    return Comparison(range_test, runs, CompareConfig(rules=("lowest", "minimum", "valley")))
+
+
+def test_diverged_runs_are_shown_as_diverged_and_never_best():
+    comparison = fake_comparison()
+    assert comparison.best().rule == "minimum"
+    table = rule_table(comparison)
+    assert table[0][:4] == ["rule", "lr", "train_loss", "valid_loss"]
+    lowest = next(row for row in table if row[0].startswith("lowest"))
+    assert lowest[2:4] == ["diverged", "diverged"]
+    assert any(row[0] == "minimum (best)" for row in table)
+
+
+def test_write_comparison_makes_plots_json_and_both_reports(tmp_path):
+    paths = write_comparison(fake_comparison(), tmp_path, extra={"seed": 7})
+    for name in ("lr_find_plot", "valid_loss_plot", "json", "report_md", "report_html"):
+        assert paths[name].exists() and paths[name].stat().st_size > 0, name
+    record = json.loads(paths["json"].read_text())
+    assert record["best_rule"] == "minimum" and record["seed"] == 7
+    assert [row["rule"] for row in record["rows"]] == ["lowest", "minimum", "valley"]
+    assert record["rows"][0]["diverged"] is True
+    md = paths["report_md"].read_text()
+    assert "| minimum (best) |" in md and "](lr_find.png)" in md
+    html = paths["report_html"].read_text()
+    assert html.count("data:image/png;base64,") == 2 and "diverged" in html
