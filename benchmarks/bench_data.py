@@ -1,14 +1,18 @@
 """Images per second of the lrkit image pipeline vs a plain per-image Pillow pipeline.
 
 Not a test: it builds a few hundred Pets-like JPEGs (about 500x375) in a temporary folder,
-then times one epoch (after a warm-up epoch) of decode + presize + augment + batch for:
+then times epochs of decode + presize + augment + batch for:
 
   plain       Pillow per image: full decode, convert, resize, random crop, flip, to tensor
   lrkit       image_dataloaders without the cache (draft decode, presize, batch augmentation)
   lrkit+cache the same with a warm memory-mapped presize cache
 
-all with the same worker count, in one process, and prints the ratios against `plain`.
-Usage: python benchmarks/bench_data.py [--n 300] [--workers 2] [--bs 32]
+all with the same worker count (persistent workers), in one process. Every loader is built
+and warmed up with one full epoch first (workers started, files in the page cache, the
+cache mapped and checked); then the pipelines take turns, one epoch each, for `--repeats`
+rounds, so load from elsewhere on the machine hits them alike. It prints the median rate of
+each and the median of the per-round ratios against `plain`.
+Usage: python benchmarks/bench_data.py [--n 300] [--workers 2] [--bs 32] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import statistics
 import tempfile
 import time
 import warnings
@@ -80,14 +85,11 @@ class PlainPillow:
         return (x - self.mean) / self.std, 0
 
 
-def images_per_second(loader, epochs: int = 1) -> float:
-    """Throughput of full epochs after one warm-up epoch (workers started, caches warm)."""
-    for _ in loader:
-        pass
+def epoch_rate(loader) -> float:
+    """Images per second over one full epoch of `loader`."""
     start, count = time.perf_counter(), 0
-    for _ in range(epochs):
-        for x, _y in loader:
-            count += x.shape[0]
+    for x, _y in loader:
+        count += x.shape[0]
     return count / (time.perf_counter() - start)
 
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bs", type=int, default=32)
     parser.add_argument("--presize", type=int, default=460)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per pipeline")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per pipeline")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     random.seed(0)
@@ -116,35 +118,43 @@ def main(argv: list[str] | None = None) -> None:
         }
         warnings.simplefilter("ignore")
         start = time.perf_counter()
-        image_dataloaders(folder, cache=Path(tmp) / "cache", **common)  # build the cache once
+        cached = image_dataloaders(folder, cache=Path(tmp) / "cache", **common)  # builds it
         build = time.perf_counter() - start
-        factories = {
-            "plain Pillow": lambda: DataLoader(
+        loaders = {
+            "plain Pillow": DataLoader(
                 PlainPillow(paths, args.size),
                 batch_size=args.bs,
                 shuffle=True,
                 num_workers=args.workers,
                 persistent_workers=args.workers > 0,
             ),
-            "lrkit (no cache)": lambda: image_dataloaders(folder, **common).train,
-            "lrkit (warm cache)": lambda: (
-                image_dataloaders(folder, cache=Path(tmp) / "cache", **common).train
-            ),
+            "lrkit (no cache)": image_dataloaders(folder, **common).train,
+            "lrkit (warm cache)": cached.train,
         }
-        results = {}
-        for name, make in factories.items():  # one at a time: no idle workers competing
-            loader = make()
-            results[name] = images_per_second(loader, epochs=args.epochs)
-            del loader
-            gc.collect()
+        for loader in loaders.values():  # warm-up: workers up, page cache and memory map warm
+            epoch_rate(loader)
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        names = list(loaders)
+        for r in range(args.repeats):  # interleaved, starting with a different one each round
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                rates[name].append(epoch_rate(loaders[name]))
+        del loaders, cached
+        gc.collect()
     print(
         f"{args.n} JPEGs ~500x375, presize {args.presize}, size {args.size}, bs {args.bs}, "
-        f"{args.workers} workers, torch threads {torch.get_num_threads()}"
+        f"{args.workers} workers, main-process torch threads {torch.get_num_threads()}, "
+        f"{args.repeats} interleaved epochs each"
     )
     print(f"cache build (once): {build:.2f} s")
-    reference = results["plain Pillow"]
-    for name, rate in results.items():
-        print(f"{name:20s} {rate:8.1f} images/s   {rate / reference:5.2f}x plain")
+    reference = rates["plain Pillow"]
+    for name, values in rates.items():
+        ratios = [v / ref for v, ref in zip(values, reference, strict=True)]
+        print(
+            f"{name:20s} {statistics.median(values):8.1f} images/s "
+            f"(min {min(values):.0f}, max {max(values):.0f})   "
+            f"{statistics.median(ratios):5.2f}x plain "
+            f"(per round {min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -124,3 +124,30 @@ def test_normalize_uses_the_given_stats() -> None:
     x = (torch.tensor(mean) + torch.tensor(std)).view(1, 3, 1, 1)
     out = augment.normalize(x, augment.IMAGENET_STATS)
     torch.testing.assert_close(out, torch.ones(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_float_input_is_left_untouched(train: bool) -> None:
+    x = torch.randint(0, 256, (4, 3, 16, 16), generator=gen()).float()
+    before = x.clone()
+    out = BatchTransform(size=16, train=train)(x, gen())
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(out, BatchTransform(size=16, train=train)(x.byte(), gen()))
+
+
+def test_sampling_grid_divides_by_w_for_perspective_maps() -> None:
+    m = torch.tensor([[[0.9, 0.1, 0.05], [-0.2, 1.1, 0.0], [0.15, -0.1, 1.0]]])
+    grid = sampling_grid(m, 5)
+    centres = torch.linspace(-0.8, 0.8, 5)
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    mapped = torch.einsum("ij,hwj->hwi", m[0], torch.stack([xs, ys, torch.ones_like(xs)], -1))
+    torch.testing.assert_close(grid[0], mapped[..., :2] / mapped[..., 2:])
+
+
+def test_light_and_normalize_is_clamp_then_normalize() -> None:
+    x = torch.rand(6, 3, 5, 5, generator=gen()) * 1.4 - 0.2  # some values outside [0, 1]
+    scale, shift = torch.rand(6, generator=gen(1)) + 0.5, torch.rand(6, generator=gen(2)) - 0.5
+    ref = (x * scale.view(6, 1, 1, 1) + shift.view(6, 1, 1, 1)).clamp(0, 1)
+    ref = augment.normalize(ref, augment.IMAGENET_STATS)
+    out = augment.light_and_normalize(x.clone(), scale, shift, augment.IMAGENET_STATS)
+    torch.testing.assert_close(out, ref)

@@ -22,7 +22,13 @@ from lrkit.data.labels import (
     regex_labeller,
 )
 from lrkit.data.pipeline import PETS_LABEL_RE
-from lrkit.data.presize import PresizeConfig, crop_square, presize_image, region_box
+from lrkit.data.presize import (
+    PresizeConfig,
+    crop_square,
+    presize_image,
+    region_box,
+    resize_rgb,
+)
 from lrkit.data.splits import random_split, split_by_folder, split_from_names
 from lrkit.vision import BadImagesError, JunkWarning, get_image_files, image_dataloaders
 
@@ -266,3 +272,15 @@ def test_workers_give_the_same_batches(pets_root: Path) -> None:
     parallel = quiet_dataloaders(pets_root / "images", num_workers=2)
     for a, b in zip(serial.train, parallel.train, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_presize_resize_matches_pillow_bilinear() -> None:
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:90, 0:120]
+    smooth = np.stack([xs * 2, ys * 2, (xs + ys) % 256], -1).astype(np.uint8)
+    noisy = np.clip(smooth + rng.normal(0, 8, smooth.shape), 0, 255).astype(np.uint8)
+    for height, width in ((40, 53), (150, 200)):  # down (antialiased) and up
+        ours = resize_rgb(noisy, height, width).astype(float)
+        pil = Image.fromarray(noisy).resize((width, height), Image.Resampling.BILINEAR)
+        assert ours.shape == (height, width, 3)
+        assert np.abs(ours - np.asarray(pil, dtype=float)).mean() < 1.0

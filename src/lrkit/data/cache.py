@@ -18,11 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lrkit.data.decode import Junk, load_rgb
 from lrkit.data.presize import PresizeConfig, presize_region
 
-VERSION = 1
+VERSION = 2  # 2: presizing resizes with torch (antialiased bilinear) instead of Pillow
 
 
 def file_key(path: Path) -> tuple[str, int, int]:
@@ -83,7 +84,10 @@ class PresizeCache:
         if todo:
             tasks = [(paths[i], self.cfg) for i in todo]
             if num_workers > 0 and len(tasks) > 1:
-                with ProcessPoolExecutor(num_workers) as pool:
+                # one torch thread per process: the processes already fill the cores
+                with ProcessPoolExecutor(
+                    num_workers, initializer=torch.set_num_threads, initargs=(1,)
+                ) as pool:
                     results = list(pool.map(_decode_region, tasks, chunksize=8))
             else:
                 results = [_decode_region(t) for t in tasks]

@@ -151,6 +151,37 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
+def array_dataloaders(
+    train: tuple[np.ndarray, np.ndarray],
+    valid: tuple[np.ndarray, np.ndarray],
+    vocab: list[str],
+    bs: int = 128,
+    channels: int = 1,
+    size: int = 28,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoaders:
+    """DataLoaders over in-memory (uint8 images (N, H, W), labels (N,)) pairs: train shuffled
+    with a seeded generator, valid in order, batches built whole with no per-item work."""
+    datasets = [
+        TensorImages(
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.asarray(y).astype(np.int64)),
+            channels=channels,
+            size=size,
+        )
+        for x, y in (train, valid)
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    common = {"batch_size": bs, "num_workers": num_workers, "collate_fn": _whole_batch}
+    return DataLoaders(
+        DataLoader(datasets[0], shuffle=True, generator=generator, **common),
+        DataLoader(datasets[1], shuffle=False, **common),
+        vocab=vocab,
+        stats=((MEAN,) * channels, (STD,) * channels),
+    )
+
+
 def fashion_mnist(
     path: str | Path | None = None,
     bs: int = 128,
@@ -163,20 +194,11 @@ def fashion_mnist(
 ) -> DataLoaders:
     """Fashion-MNIST as DataLoaders: shuffled, seeded train (60k) and the 10k test set as valid."""
     arrays = load_fashion_mnist(path)
-    datasets = {}
+    splits = []
     for split, n, offset in (("train", train_subset, 0), ("test", valid_subset, 1)):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         keep = balanced_subset(y, n, seed + offset) if n is not None else np.arange(len(y))
-        datasets[split] = TensorImages(
-            torch.from_numpy(np.ascontiguousarray(x[keep])),
-            torch.from_numpy(y[keep].astype(np.int64)),
-            channels=channels,
-            size=size,
-        )
-    generator = torch.Generator().manual_seed(seed)
-    common = {"batch_size": bs, "num_workers": num_workers, "collate_fn": _whole_batch}
-    train = DataLoader(datasets["train"], shuffle=True, generator=generator, **common)
-    valid = DataLoader(datasets["test"], shuffle=False, **common)
-    return DataLoaders(
-        train, valid, vocab=list(CLASSES), stats=((MEAN,) * channels, (STD,) * channels)
+        splits.append((x[keep], y[keep]))
+    return array_dataloaders(
+        splits[0], splits[1], list(CLASSES), bs, channels, size, seed, num_workers
     )

@@ -4,6 +4,9 @@ Geometry (shared by the direct path and the cache so both give the same pixels):
 region is the centre of the image with an aspect ratio of at most `max_aspect` (the long side
 is trimmed); a square with side = the region's short side is cropped from it at position
 (u, v) in [0, 1] (0.5, 0.5 = centre; random for training) and resized to `presize`.
+
+The resize is torch's antialiased bilinear on uint8 (Pillow's BILINEAR filter, about three
+times faster here); crops are whole source pixels.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -46,22 +51,31 @@ def square_offset(length: int, side: int, u: float) -> float:
     return u * (length - side)
 
 
+def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width, 3) uint8: `pixels` (H, W, 3) resized with antialiased bilinear.
+
+    A C-contiguous `pixels` is a channels_last tensor, which takes torch's fast uint8 path.
+    """
+    x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W), channels_last
+    out = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return out[0].permute(1, 2, 0).numpy()  # channels_last memory: already (H, W, 3) in order
+
+
 def presize_image(img: Image.Image, cfg: PresizeConfig, u: float, v: float) -> np.ndarray:
     """(presize, presize, 3) uint8: the square at (u, v) of the region, resized in one step."""
     left, top, right, bottom = region_box(*img.size, cfg.max_aspect)
     side = min(right - left, bottom - top)
-    x0 = left + square_offset(right - left, side, u)
-    y0 = top + square_offset(bottom - top, side, v)
-    box = (x0, y0, x0 + side, y0 + side)
-    out = img.resize((cfg.presize, cfg.presize), Image.Resampling.BILINEAR, box=box)
-    return np.array(out)  # a writable copy: torch.from_numpy needs one
+    x0 = left + round(square_offset(right - left, side, u))
+    y0 = top + round(square_offset(bottom - top, side, v))
+    square = np.array(img.crop((x0, y0, x0 + side, y0 + side)))  # (side, side, 3), contiguous
+    return resize_rgb(square, cfg.presize, cfg.presize)
 
 
 def presize_region(img: Image.Image, cfg: PresizeConfig) -> np.ndarray:
     """(H, W, 3) uint8: the whole region with its short side at `presize` (what the cache keeps)."""
-    box = region_box(*img.size, cfg.max_aspect)
     height, width = region_shape(*img.size, cfg)
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR, box=box))
+    region = np.array(img.crop(region_box(*img.size, cfg.max_aspect)))  # contiguous (H, W, 3)
+    return resize_rgb(region, height, width)
 
 
 def crop_square(region: np.ndarray, u: float, v: float) -> np.ndarray:

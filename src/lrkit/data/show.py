@@ -12,10 +12,10 @@ from matplotlib.figure import Figure
 
 
 def _generators(loader: Any) -> list[torch.Generator]:
-    """Every torch.Generator a loader draws from (shuffle, sampler, augmentation)."""
+    """Every torch.Generator a loader draws from (shuffle, sampler, augmentation seeds)."""
     found: list[torch.Generator] = []
     for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        for name in ("generator", "aug_generator"):
+        for name in ("generator", "worker_generator"):  # plan and seeds; workers' base seed
             g = getattr(owner, name, None)
             if isinstance(g, torch.Generator) and all(g is not h for h in found):
                 found.append(g)
