@@ -1,12 +1,18 @@
-"""The `lrkit` command, called in-process through `lrkit.cli.main(argv)`."""
+"""The `lrkit` command, called in-process through `lrkit.cli.main(argv)` on tiny data."""
 
 import json
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from data_fixtures import fake_fashion_files
 from lrkit import LRFindResult
 from lrkit.cli import main
+from lrkit.models.resnet import resnet_small
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -18,32 +24,112 @@ def fashion_dir(tmp_path):
     return folder
 
 
-def test_find_writes_plot_and_json_and_prints_json(fashion_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(
-        ["find", "--data-path", str(fashion_dir), "--bs", "32", "--num-it", "30",
-         "--out", str(out), "--json", "--device", "cpu"]
-    )  # fmt: skip
+@pytest.fixture
+def fashion(fashion_dir):
+    """The data and speed options every command test shares."""
+    return ["--dataset", "fashion-mnist", "--data", str(fashion_dir), "--bs", "50",
+            "--device", "cpu", "--seed", "1"]  # fmt: skip
+
+
+def run_json(argv, capsys):
+    code = main([*argv, "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    record = json.loads(captured.out)  # stdout holds exactly one JSON object
+    return json.loads(captured.out), captured.err  # stdout holds exactly one JSON object
+
+
+def test_find_writes_plot_and_json(fashion, tmp_path, capsys):
+    out = tmp_path / "run"
+    record, err = run_json(["find", *fashion, "--num-it", "20", "--out", str(out)], capsys)
     assert set(record["suggestions"]) == {"lowest", "minimum", "steep", "valley", "slide", "auto"}
     assert len(record["lrs"]) == len(record["losses"]) > 0
-    assert record["data"]["n_train"] == 200 and record["data"]["bs"] == 32
-    assert "torch" in record["versions"]
-    assert "suggestions" in captured.err  # the human table went to stderr
+    assert record["data"]["n_train"] == 200 and record["data"]["bs"] == 50
+    assert record["model"]["groups"] == 3 and "torch" in record["versions"]
+    assert "suggestions" in err  # the human table went to stderr
     assert (out / "lr_find.png").stat().st_size > 1000
     saved = LRFindResult.load(out / "lr_find.json")
     assert saved.suggestions["minimum"] == pytest.approx(record["suggestions"]["minimum"])
 
 
-def test_find_human_output_is_a_table(fashion_dir, tmp_path, capsys):
-    code = main(["find", "--data-path", str(fashion_dir), "--num-it", "20", "--bs", "50",
-                 "--out", str(tmp_path), "--device", "cpu"])  # fmt: skip
-    captured = capsys.readouterr()
-    assert code == 0
+def test_find_human_output_is_a_table(fashion, tmp_path, capsys):
+    assert main(["find", *fashion, "--num-it", "20", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
     for name in ("lowest", "minimum", "steep", "valley", "auto (= minimum)"):
-        assert name in captured.out
+        assert name in out
+
+
+def test_find_with_repeats_reports_median_and_spread(fashion, tmp_path, capsys):
+    argv = ["find", *fashion, "--num-it", "20", "--repeats", "2", "--out", str(tmp_path)]
+    record, err = run_json(argv, capsys)
+    assert len(record["runs"]) == 2
+    assert set(record["spread_decades"]) == set(record["suggestions"])
+    assert "spread (decades)" in err
+
+
+def write_pngs(folder, n=3):
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(n):
+        path = folder / f"item{index}.png"
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), mode="L").save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
+    out = tmp_path / "train"
+    argv = ["train", *fashion, "--epochs", "1", "--lr", "1e-3", "--out", str(out)]
+    record, _ = run_json(argv, capsys)
+    assert record["stages"] == [{"stage": "train", "epochs": 1, "lr": 1e-3}]
+    assert 0 <= record["final"]["error_rate"] <= 1 and record["diverged"] is False
+    for name in ("model.lrk", "metrics.csv", "losses.png", "schedule.png", "train.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch")
+
+    images = write_pngs(tmp_path)
+    predictions, _ = run_json(["predict", str(out / "model.lrk"), *images], capsys)
+    rows = predictions["predictions"]
+    assert [row["file"] for row in rows] == images
+    assert all(len(row["probs"]) == 10 and 0 <= row["index"] < 10 for row in rows)
+
+
+def test_train_with_a_rule_frozen_epochs_and_pretrained_body(fashion, tmp_path, capsys):
+    weights = tmp_path / "body.pth"
+    torch.save(resnet_small(num_classes=10).state_dict(), weights)
+    out = tmp_path / "tune"
+    argv = ["train", *fashion, "--arch", "resnet_small", "--pretrained", str(weights),
+            "--freeze-epochs", "1", "--epochs", "1", "--lr", "minimum", "--num-it", "20",
+            "--out", str(out)]  # fmt: skip
+    record, _ = run_json(argv, capsys)
+    assert [stage["stage"] for stage in record["stages"]] == ["frozen", "train"]
+    assert all(isinstance(stage["lr"], float) for stage in record["stages"])
+    assert (out / "lr_find_frozen.png").exists() and (out / "lr_find_unfrozen.png").exists()
+
+
+def test_train_with_a_slice(fashion, tmp_path, capsys):
+    argv = ["train", *fashion, "--epochs", "1", "--lr", "1e-4:1e-3", "--out", str(tmp_path)]
+    record, _ = run_json(argv, capsys)
+    assert record["stages"][0]["lr"] == "slice(1.00e-04, 1.00e-03)"
+
+
+def test_compare_rows_and_report(fashion, tmp_path, capsys):
+    argv = ["compare", *fashion, "--rules", "minimum,valley", "--epochs", "1",
+            "--num-it", "20", "--out", str(tmp_path)]  # fmt: skip
+    record, err = run_json(argv, capsys)
+    assert [row["rule"] for row in record["rows"]] == ["minimum", "valley"]
+    for row in record["rows"]:
+        assert {"rule", "lr", "valid_loss", "error_rate"} <= set(row)
+    assert record["best_rule"] in ("minimum", "valley")
+    for name in ("report.md", "report.html", "lr_find.png", "valid_loss.png", "comparison.json"):
+        assert (tmp_path / name).exists(), name
+    assert "one run per rule" in err
+
+
+def test_summary_shows_groups(fashion, tmp_path, capsys):
+    record, err = run_json(["summary", *fashion, "--out", str(tmp_path)], capsys)
+    assert record["layer_groups"] == 3
+    assert record["trainable_parameters"] == record["parameters"]  # from scratch: nothing frozen
+    assert "group" in err
 
 
 @pytest.mark.parametrize(
@@ -54,31 +140,38 @@ def test_find_human_output_is_a_table(fashion_dir, tmp_path, capsys):
         (["find", "--arch", "vgg99"], "vgg99"),
         (["find", "--bs", "0"], "positive integer"),
         (["find", "--device", "cuda:7"], "cuda"),
-        (["find", "--data-path", "/no/such/folder"], "/no/such/folder"),
+        (["find", "--pretrained", "/no/weights.pth"], "/no/weights.pth"),
+        (["train", "--lr", "banana"], "banana"),
+        (["train", "--lr", "1e-3:1e-5"], "LO <= HI"),
+        (["compare", "--rules", "minimum,sharpest"], "sharpest"),
         (["launch"], "invalid choice"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, fashion_dir, tmp_path, capsys):
-    if "--data-path" not in argv and argv[0] == "find":
-        argv = [*argv, "--data-path", str(fashion_dir)]
-    code = main([*argv, "--out", str(tmp_path)] if argv[0] == "find" else argv)
+    if argv[0] != "launch":
+        argv = [*argv, "--dataset", "fashion-mnist", "--data", str(fashion_dir)]
+        argv += ["--out", str(tmp_path)]
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["find", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["find", "--dataset", "fashion-mnist", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["predict", "/no/model.lrk", "a.png"], "/no/model.lrk"),
+    ],
+)
+def test_missing_paths_exit_2_naming_them(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_help_exits_0(capsys):
-    assert main(["find", "--help"]) == 0
+    for command in ("find", "train", "compare", "summary", "predict", "demo"):
+        assert main([command, "--help"]) == 0
     assert "--num-it" in capsys.readouterr().out
-
-
-def test_find_with_repeats_reports_median_and_spread(fashion_dir, tmp_path, capsys):
-    argv = ["find", "--data-path", str(fashion_dir), "--num-it", "20", "--bs", "50"]
-    code = main([*argv, "--repeats", "2", "--out", str(tmp_path), "--json", "--device", "cpu"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    record = json.loads(captured.out)
-    assert len(record["runs"]) == 2
-    assert set(record["spread_decades"]) == set(record["suggestions"])
-    assert "spread (decades)" in captured.err

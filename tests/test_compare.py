@@ -92,3 +92,18 @@ def test_write_comparison_makes_plots_json_and_both_reports(tmp_path):
     assert "| minimum (best) |" in md and "](lr_find.png)" in md
     html = paths["report_html"].read_text()
     assert html.count("data:image/png;base64,") == 2 and "diverged" in html
+
+
+def test_a_run_that_blows_up_is_marked_diverged():
+    from lrkit import suggest
+
+    suggest.register_rule("reckless", lambda lrs, losses: 50.0)
+    try:
+        learn = make_learner(metrics=[])
+        comparison = compare_rules(learn, CompareConfig(rules=("reckless", "minimum"), num_it=20))
+    finally:
+        del suggest.RULES["reckless"]
+    reckless, minimum = comparison.runs
+    assert reckless.diverged and reckless.note
+    assert not minimum.diverged
+    assert comparison.best() is minimum

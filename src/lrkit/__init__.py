@@ -1,6 +1,6 @@
 """lrkit: learning-rate range tests, suggestion rules and fine-tuning for PyTorch."""
 
-from lrkit import datasets, suggest, vision
+from lrkit import datasets, models, suggest, vision
 from lrkit.batch import default_forward, to_device
 from lrkit.callbacks import (
     Callback,
@@ -14,6 +14,7 @@ from lrkit.checkpoint import Prediction, Predictor, load_learner
 from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
+from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.metrics import (
@@ -44,6 +45,7 @@ __all__ = [
     "Recorder",
     "RepeatedLRFind",
     "SaveBestModel",
+    "VisionLearner",
     "__version__",
     "accuracy",
     "accuracy_multi",
@@ -57,8 +59,10 @@ __all__ = [
     "load_learner",
     "lr_find",
     "lr_find_repeated",
+    "models",
     "suggest",
     "to_device",
     "top_k_accuracy",
     "vision",
+    "vision_learner",
 ]

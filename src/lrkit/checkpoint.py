@@ -177,8 +177,11 @@ def export(
     kwargs: dict[str, Any] | None = None,
     preprocess: dict[str, Any] | None = None,
     pickle_model: bool = False,
+    thresh: float = 0.5,
 ) -> Path:
     """Write model, vocabulary and preprocessing for `load_learner`; factory defaults to the class.
+
+    `thresh` is the multi-label decision threshold `Predictor.predict` will use.
 
     `preprocess` (plain values) says how `predict` turns an image file into a tensor:
     "size" (resize the short side, then centre-crop; omit to keep the size), "mean"/"std"
@@ -193,6 +196,7 @@ def export(
         "vocab": list(vocab) if vocab is not None else None,
         "multi_label": bool(multi_label),
         "preprocess": preprocess,
+        "thresh": float(thresh),
     }
     if pickle_model:
         buffer = io.BytesIO()
@@ -330,5 +334,10 @@ def load_learner(
         model.load_state_dict(payload["state_dict"])
     model = model.to(device).eval()
     return Predictor(
-        model, payload["vocab"], payload["multi_label"], payload["preprocess"], torch.device(device)
+        model,
+        payload["vocab"],
+        payload["multi_label"],
+        payload["preprocess"],
+        torch.device(device),
+        float(payload.get("thresh", 0.5)),
     )

@@ -1,4 +1,4 @@
-"""The `lrkit` command. Thin: parse arguments, build data and model, call the library, report.
+"""The `lrkit` command. Thin: parse arguments, build data and learner, call the library, report.
 
 `main(argv)` returns the exit code, so tests call it in-process. Human output goes to stdout,
 or to stderr when `--json` puts one JSON object on stdout. A bad argument or path gets one
@@ -20,30 +20,47 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 import lrkit
+from lrkit import suggest
+from lrkit.callbacks import CSVLogger
+from lrkit.checkpoint import load_learner
+from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
-from lrkit.datasets import fashion_mnist
-from lrkit.models import simple_cnn
-from lrkit.range_test_result import finite_or_none
+from lrkit.datasets import fashion_mnist, pets
+from lrkit.demo import DemoConfig, run_demo
+from lrkit.image_learner import VisionLearner, vision_learner
+from lrkit.metrics import accuracy_multi, error_rate
+from lrkit.range_test_result import LRFindResult, finite_or_none
+from lrkit.vision import csv_dataloaders, image_dataloaders
 
 EXIT_USAGE = 2
+DATASETS = ("fashion-mnist", "pets")
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
 
 
+# ------------------------------------------------------------------------------ data and model
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """Which data to load and how; saved beside every result."""
 
-    dataset: str = "fashion-mnist"
-    data_path: str | None = None
-    bs: int = 128
-    train_subset: int | None = None
+    dataset: str | None = None  # a named dataset, or None for an image folder (`data`)
+    data: str | None = None  # the dataset's folder, or the image folder
+    label_re: str | None = None
+    labels: str | None = None  # CSV of file name, label(s)
+    multi_label: bool = False
+    valid_pct: float | None = None  # None: the dataset's own split or 0.2
+    presize: int = 460
+    size: int = 224
+    bs: int | None = None  # None: 128 for Fashion-MNIST, 32 for images
+    workers: int | None = None
+    train_subset: int | None = None  # Fashion-MNIST only: class-balanced subsets
     valid_subset: int | None = None
     seed: int = 0
 
@@ -52,24 +69,46 @@ def load_data(options: DataOptions) -> DataLoaders:
     """The DataLoaders the options describe."""
     if options.dataset == "fashion-mnist":
         return fashion_mnist(
-            options.data_path,
-            bs=options.bs,
+            options.data,
+            bs=options.bs or 128,
             train_subset=options.train_subset,
             valid_subset=options.valid_subset,
             seed=options.seed,
+            num_workers=options.workers or 0,
         )
-    raise UsageError(f"unknown dataset {options.dataset!r}; choose one of {list(DATASETS)}")
-
-
-DATASETS = ("fashion-mnist",)
-ARCHS = {"simple_cnn": simple_cnn}
-
-
-def build_model(arch: str, num_classes: int) -> nn.Module:
-    """A fresh model of the named architecture for `num_classes` outputs."""
-    if arch not in ARCHS:
-        raise UsageError(f"unknown --arch {arch!r}; choose one of {sorted(ARCHS)}")
-    return ARCHS[arch](num_classes=num_classes)
+    images = {
+        "presize": options.presize,
+        "size": options.size,
+        "bs": options.bs or 32,
+        "num_workers": options.workers,
+        "seed": options.seed,
+    }
+    if options.dataset == "pets":
+        if options.valid_pct is not None:
+            return pets(options.data, split="random", valid_pct=options.valid_pct, **images)
+        return pets(options.data, **images)
+    if options.data is None:
+        raise UsageError("give --dataset fashion-mnist|pets, or --data DIR with your images")
+    if not Path(options.data).is_dir():
+        raise UsageError(f"--data {options.data} is not a folder")
+    valid_pct = options.valid_pct if options.valid_pct is not None else 0.2
+    if options.labels is not None:
+        return csv_dataloaders(
+            options.data,
+            options.labels,
+            multi_label=options.multi_label,
+            valid_pct=valid_pct,
+            **images,
+        )
+    if options.multi_label:
+        raise UsageError("--multi-label needs --labels CSV (space-separated labels per file)")
+    return image_dataloaders(
+        options.data,
+        label_re=options.label_re,
+        label_from_folder=options.label_re is None,
+        valid_pct=valid_pct,
+        **images,
+    )
 
 
 def pick_device(name: str) -> torch.device:
@@ -81,8 +120,30 @@ def pick_device(name: str) -> torch.device:
     except RuntimeError as error:
         raise UsageError(f"--device {name!r} is not a device torch knows: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU here")
+        raise UsageError(f"--device {name} was asked for, but torch sees no CUDA GPU here")
     return device
+
+
+def make_learner(args: argparse.Namespace, dls: DataLoaders, console: Console) -> VisionLearner:
+    """The learner the model options describe; body frozen when it is pretrained."""
+    arch = args.arch or ("resnet_small" if args.dataset == "fashion-mnist" else "resnet34")
+    pretrained: str | bool = args.pretrained or ("none" if arch == "resnet_small" else "imagenet")
+    if pretrained == "none":
+        pretrained = False
+    elif pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise UsageError(f"--pretrained {pretrained} is not a file (or use imagenet / none)")
+    precision = {"fp32": None, "bf16": "bf16", "fp16": "fp16"}[args.precision]
+    torch.manual_seed(args.seed)
+    metrics = [accuracy_multi] if dls.multi_label else [error_rate]
+    return vision_learner(
+        dls,
+        arch,
+        pretrained=pretrained,
+        metrics=metrics,
+        device=pick_device(args.device),
+        mixed_precision=precision,
+        progress=console.is_terminal or not args.json,
+    )
 
 
 def versions() -> dict[str, str]:
@@ -95,17 +156,44 @@ def versions() -> dict[str, str]:
     }
 
 
+def data_summary(options: DataOptions, dls: DataLoaders) -> dict[str, Any]:
+    """The data settings and what they produced, for every JSON result."""
+    return {
+        **asdict(options),
+        "n_train": dls.n_train,
+        "n_valid": dls.n_valid,
+        "classes": dls.c,
+        "junk_files": len(getattr(dls, "junk", [])),
+    }
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
 
 
@@ -114,12 +202,36 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data order")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
-    parser.add_argument("--data-path", help="folder with the dataset's files (default: find it)")
-    parser.add_argument("--bs", type=_positive_int, default=128, help="batch size")
-    parser.add_argument("--train-subset", type=_positive_int, help="class-balanced train subset")
-    parser.add_argument("--valid-subset", type=_positive_int, help="class-balanced valid subset")
-    parser.add_argument("--arch", default="simple_cnn", help=f"one of {sorted(ARCHS)}")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=DATASETS, help="a named dataset")
+    group.add_argument("--data", help="the dataset's folder, or a folder of your images")
+    group.add_argument("--label-re", help="regex whose first group is the label of a file name")
+    group.add_argument("--labels", help="CSV: file name, label(s)")
+    group.add_argument("--multi-label", action="store_true", help="space-separated labels")
+    group.add_argument("--valid-pct", type=_fraction, help="random validation share")
+    group.add_argument("--presize", type=_positive_int, default=460, help="short side, pixels")
+    group.add_argument("--size", type=_positive_int, default=224, help="training size, pixels")
+    group.add_argument("--bs", type=_positive_int, help="batch size")
+    group.add_argument("--workers", type=int, help="loader worker processes")
+    group.add_argument("--train-subset", type=_positive_int, help="Fashion-MNIST: train items")
+    group.add_argument("--valid-subset", type=_positive_int, help="Fashion-MNIST: valid items")
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--arch", help="resnet_small, resnet18..resnet152 (default by dataset)")
+    group.add_argument("--pretrained", help="PATH, imagenet or none (default by arch)")
+    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+
+
+def _add_range_test(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("range test")
+    group.add_argument("--num-it", type=_positive_int, default=100, help="optimizer steps")
+    group.add_argument("--start-lr", type=_positive_float, default=1e-7)
+    group.add_argument("--end-lr", type=_positive_float, default=10.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,57 +241,141 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    find = commands.add_parser(
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=description)
+        _add_common(sub)
+        return sub
+
+    find = command(
         "find",
-        help="range test on a dataset + model; prints suggestions, writes the plot",
-        description="Run the learning-rate range test and print every rule's suggestion. "
+        "range test; prints the suggestions, writes the plot",
+        "Run the learning-rate range test and print every rule's suggestion. "
         "Writes lr_find.png and lr_find.json into --out.",
     )
-    _add_common(find)
-    find.add_argument("--start-lr", type=_positive_float, default=1e-7)
-    find.add_argument("--end-lr", type=_positive_float, default=10.0)
-    find.add_argument("--num-it", type=_positive_int, default=100, help="optimizer steps")
+    _add_data(find)
+    _add_model(find)
+    _add_range_test(find)
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
     find.add_argument("--div-thresh", type=float, default=4.0, help="stop at this x best loss")
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
-    find.add_argument(
-        "--repeats", type=_positive_int, default=1, help="runs on different data orders (spread)"
-    )
+    find.add_argument("--repeats", type=_positive_int, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)
+
+    train = command(
+        "train",
+        "fit with a fixed, sliced or suggested learning rate",
+        "Train with fit_one_cycle (or a constant lr). --lr takes a number, LO:HI for "
+        "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
+        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
+    )
+    _add_data(train)
+    _add_model(train)
+    _add_range_test(train)
+    train.add_argument("--epochs", type=_positive_int, default=1)
+    train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
+    train.add_argument("--freeze-epochs", type=int, default=0, help="head-only epochs first")
+    train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
+    train.set_defaults(run=run_train)
+
+    compare = command(
+        "compare",
+        "train once per suggestion rule from the same start; table + report",
+        "One range test, then for each rule the same recipe from the same initial weights and "
+        "seed. Writes lr_find.png, valid_loss.png, comparison.json, report.md and report.html.",
+    )
+    _add_data(compare)
+    _add_model(compare)
+    _add_range_test(compare)
+    compare.add_argument("--rules", default=",".join(suggest.rule_names()), help="comma list")
+    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
+    compare.set_defaults(run=run_compare)
+
+    summary = command("summary", "layer groups, frozen state, parameter counts", "")
+    _add_data(summary)
+    _add_model(summary)
+    summary.set_defaults(run=run_summary)
+
+    predict = command("predict", "labels for image files from an exported model", "")
+    predict.add_argument("model", help="a file written by lrkit train (model.lrk)")
+    predict.add_argument("files", nargs="+", help="image files")
+    predict.set_defaults(run=run_predict)
+
+    demo = command(
+        "demo",
+        "the whole workflow on Fashion-MNIST, end to end, no network needed",
+        "Range test, the rules compared, transfer learning with discriminative rates, and a "
+        "report (report.md, report.html) in --out. --quick runs every step smaller.",
+    )
+    demo.add_argument("--quick", action="store_true", help="smaller subsets (about 2 minutes)")
+    demo.add_argument("--data", help="folder with the Fashion-MNIST files (default: find them)")
+    demo.set_defaults(run=run_demo_command)
     return parser
 
 
-def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """`lrkit find`: the range test on fresh weights; table on screen, plot and JSON on disk."""
-    data_options = DataOptions(
-        dataset=args.dataset,
-        data_path=args.data_path,
+# ------------------------------------------------------------------------------ commands
+
+
+def _data_options(args: argparse.Namespace) -> DataOptions:
+    return DataOptions(
+        dataset=args.dataset or (None if args.data else "fashion-mnist"),
+        data=args.data,
+        label_re=args.label_re,
+        labels=args.labels,
+        multi_label=args.multi_label,
+        valid_pct=args.valid_pct,
+        presize=args.presize,
+        size=args.size,
         bs=args.bs,
+        workers=args.workers,
         train_subset=args.train_subset,
         valid_subset=args.valid_subset,
         seed=args.seed,
     )
-    device = pick_device(args.device)
-    dls = load_data(data_options)
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, dls.c or 10).to(device)
+
+
+def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any, VisionLearner]:
+    options = _data_options(args)
+    args.dataset = options.dataset
+    dls = load_data(options)
+    learn = make_learner(args, dls, console)
     console.print(
-        f"range test: {args.arch} on {args.dataset} ({dls.n_train} train items, bs {args.bs}), "
-        f"{args.num_it} steps {args.start_lr:g} -> {args.end_lr:g}, device {device}"
+        f"{learn.model.__class__.__name__} ({args.arch or 'default arch'}) on "
+        f"{options.dataset or options.data}: {dls.n_train} train / {dls.n_valid} valid items, "
+        f"{dls.c} classes, {learn.n_groups} layer groups, device {learn.device}"
     )
-    settings = dict(
-        start_lr=args.start_lr,
-        end_lr=args.end_lr,
-        num_it=args.num_it,
-        mode=args.mode,
-        div_thresh=args.div_thresh,
-        val_loader=dls.valid if args.val else None,
-        device=device,
-        progress=console.is_terminal,
-    )
-    loss_fn = nn.functional.cross_entropy
+    return options, dls, learn
+
+
+def _suggestion_table(title: str, suggestions: dict[str, float], spread=None) -> Table:
+    table = Table(title=title)
+    table.add_column("rule")
+    table.add_column("learning rate", justify="right")
+    if spread is not None:
+        table.add_column("spread (decades)", justify="right")
+    for name, lr in suggestions.items():
+        row = [f"auto (= {suggest.AUTO_RULE})" if name == "auto" else name]
+        row.append(f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)")
+        if spread is not None:
+            row.append(f"{spread[name]:.2f}")
+        table.add_row(*row)
+    return table
+
+
+def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit find`: the range test; table on screen, plot and JSON on disk."""
+    options, dls, learn = _setup(args, console)
+    settings = {
+        "start_lr": args.start_lr,
+        "end_lr": args.end_lr,
+        "num_it": args.num_it,
+        "mode": args.mode,
+        "div_thresh": args.div_thresh,
+        "use_valid": args.val,
+        "progress": console.is_terminal,
+    }
     if args.repeats > 1:
-        found = lrkit.lr_find_repeated(model, dls.train, loss_fn, repeats=args.repeats, **settings)
+        found = learn.lr_find_repeated(repeats=args.repeats, **settings)
         first = found.runs[0]
         record = {
             **first.to_dict(),
@@ -188,34 +384,188 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "warnings": found.warnings,
             "runs": [run.to_dict() for run in found.runs],
         }
-        title = f"median suggestions of {args.repeats} runs"
+        table = _suggestion_table(
+            f"median suggestions of {args.repeats} runs", found.suggestions, found.spread
+        )
     else:
-        found = first = lrkit.lr_find(model, dls.train, loss_fn, **settings)
+        found = learn.lr_find(**settings)
         record = found.to_dict()
-        title = f"suggestions ({first.stop_reason} after {len(first.lrs)} steps)"
+        table = _suggestion_table(
+            f"suggestions ({found.stop_reason} after {len(found.lrs)} steps)", found.suggestions
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     found.plot(args.out / "lr_find.png")
-    record["data"] = {**asdict(data_options), "n_train": dls.n_train, "n_valid": dls.n_valid}
-    record["model"] = {"arch": args.arch, "device": str(device)}
+    record["data"] = data_summary(options, dls)
+    record["model"] = {"arch": args.arch, "groups": learn.n_groups, "frozen_idx": learn.frozen_idx}
     record["versions"] = versions()
     (args.out / "lr_find.json").write_text(json.dumps(record, indent=2))
-
-    table = Table(title=title)
-    table.add_column("rule")
-    table.add_column("learning rate", justify="right")
-    if args.repeats > 1:
-        table.add_column("spread (decades)", justify="right")
-    for name, lr in found.suggestions.items():
-        row = [f"auto (= {lrkit.suggest.AUTO_RULE})" if name == "auto" else name]
-        row.append(f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)")
-        if args.repeats > 1:
-            row.append(f"{found.spread[name]:.2f}")
-        table.add_row(*row)
     console.print(table)
     for note in found.warnings:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"wrote {args.out / 'lr_find.png'} and {args.out / 'lr_find.json'}")
     return record
+
+
+def parse_lr(text: str) -> float | slice | str:
+    """'3e-3' -> 0.003; '1e-5:1e-3' -> slice(1e-5, 1e-3); a rule name stays a string."""
+    if text in suggest.rule_names():
+        return text
+    try:
+        if ":" in text:
+            low, high = (float(part) for part in text.split(":"))
+            if not 0 < low <= high:
+                raise UsageError(f"--lr {text}: LO:HI needs 0 < LO <= HI")
+            return slice(low, high)
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"--lr {text!r} is not a number, LO:HI, or a rule ({', '.join(suggest.rule_names())})"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"--lr must be a positive number, got {text}")
+    return value
+
+
+def _resolve_lr(
+    spec: float | slice | str, learn: VisionLearner, args: argparse.Namespace, stage: str
+) -> tuple[float | slice, LRFindResult | None]:
+    """A rule name becomes the suggestion of a range test on the learner as it is now."""
+    if not isinstance(spec, str):
+        return spec, None
+    found = learn.lr_find(
+        start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, progress=False
+    )
+    found.plot(args.out / f"lr_find_{stage}.png")
+    lr = found.suggest(spec)
+    if not math.isfinite(lr):
+        raise UsageError(f"the range test's curve is too short for rule {spec!r}; raise --num-it")
+    return lr, found
+
+
+def _describe(lr: float | slice) -> str | list[float]:
+    return f"slice({lr.start:.2e}, {lr.stop:.2e})" if isinstance(lr, slice) else lr
+
+
+def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots."""
+    spec = parse_lr(args.lr)
+    if args.freeze_epochs < 0:
+        raise UsageError(f"--freeze-epochs must be >= 0, got {args.freeze_epochs}")
+    options, dls, learn = _setup(args, console)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logger = CSVLogger(args.out / "metrics.csv")
+    stages: list[dict[str, Any]] = []
+
+    def fit(epochs: int, lr: float | slice) -> None:
+        if args.schedule == "one-cycle":
+            learn.fit_one_cycle(epochs, lr, cbs=[logger])
+        else:
+            learn.fit(epochs, lr, cbs=[logger])
+
+    if args.freeze_epochs > 0:
+        learn.freeze()
+        lr, _ = _resolve_lr(spec, learn, args, "frozen")
+        fit(args.freeze_epochs, lr)
+        stages.append({"stage": "frozen", "epochs": args.freeze_epochs, "lr": _describe(lr)})
+        learn.unfreeze()
+    lr, _ = _resolve_lr(spec, learn, args, "unfrozen" if args.freeze_epochs else "train")
+    fit(args.epochs, lr)
+    stages.append({"stage": "train", "epochs": args.epochs, "lr": _describe(lr)})
+
+    learn.recorder.plot_losses(args.out / "losses.png")
+    learn.recorder.plot_schedule(args.out / "schedule.png")
+    model_path = learn.export(args.out / "model.lrk")
+    final = learn.recorder.log[-1] if learn.recorder.log else {}
+    record = {
+        "stages": stages,
+        "final": {
+            k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
+        },
+        "diverged": learn.diverged,
+        "stop_reason": learn.stop_reason,
+        "model": str(model_path),
+        "data": data_summary(options, dls),
+        "versions": versions(),
+    }
+    (args.out / "train.json").write_text(json.dumps(record, indent=2, default=str))
+    console.print(f"wrote {model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png")
+    return record
+
+
+def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit compare`: one range test, one training run per rule; table, plots, report."""
+    rules = tuple(rule.strip() for rule in args.rules.split(",") if rule.strip())
+    config = CompareConfig(
+        rules=rules, epochs=args.epochs, schedule=args.schedule, num_it=args.num_it
+    )
+    try:
+        config.check()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    options, dls, learn = _setup(args, console)
+    comparison = compare_rules(learn, config)
+    extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
+    paths = write_comparison(comparison, args.out, extra)
+    header, *body = rule_table(comparison)
+    table = Table(title="one run per rule, same start")
+    for name in header:
+        table.add_column(name, justify="left" if name == "rule" else "right")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"wrote {paths['report_md']} and {paths['report_html']}")
+    best = comparison.best()
+    return {
+        "rows": comparison.rows(),
+        "best_rule": best.rule if best else None,
+        "suggestions": {k: finite_or_none(v) for k, v in comparison.range_test.suggestions.items()},
+        **extra,
+    }
+
+
+def run_summary(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit summary`: the learner's modules, layer groups and frozen state."""
+    options, dls, learn = _setup(args, console)
+    text = learn.summary()
+    console.print(text, markup=False, highlight=False)
+    trainable = sum(p.numel() for p in learn.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in learn.model.parameters())
+    return {
+        "summary": text,
+        "layer_groups": learn.n_groups,
+        "frozen_idx": learn.frozen_idx,
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "data": data_summary(options, dls),
+    }
+
+
+def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit predict MODEL FILES...`: one label (or label set) per image file."""
+    if not Path(args.model).is_file():
+        raise UsageError(f"model file {args.model} does not exist; export one with lrkit train")
+    missing = [name for name in args.files if not Path(name).is_file()]
+    if missing:
+        raise UsageError(f"no such image file(s): {', '.join(missing)}")
+    predictor = load_learner(args.model)
+    rows = []
+    for name in args.files:
+        prediction = predictor.predict(name)
+        probs = [float(p) for p in prediction.probs]
+        rows.append(
+            {"file": name, "label": prediction.label, "index": prediction.index, "probs": probs}
+        )
+        confidence = max(probs) if probs else math.nan
+        console.print(f"{name}: {prediction.label}  ({confidence:.3f})")
+    return {"predictions": rows}
+
+
+def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit demo`: the end-to-end workflow on Fashion-MNIST."""
+    config = DemoConfig(
+        quick=args.quick, seed=args.seed, data_path=args.data, device=str(pick_device(args.device))
+    )
+    return run_demo(config, args.out, console)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lrkit {args.command}: interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, default=str))
     return 0
 
 

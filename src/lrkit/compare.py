@@ -157,20 +157,31 @@ def _train_at_rule(
         learn.fit(config.epochs, lr)
     seconds = time.perf_counter() - began
     log = learn.recorder.log
-    valid_loss = _final(log, "valid_loss")
-    diverged = learn.diverged or (valid_loss is not None and not math.isfinite(valid_loss))
+    valid_loss, train_loss = _final(log, "valid_loss"), _final(log, "train_loss")
+    # Went haywire: a NaN stop, a non-finite loss, or training ending worse than it started.
+    untrained = float(range_test.raw_losses[0]) if len(range_test.raw_losses) else math.inf
+    worse = train_loss is not None and train_loss > untrained
+    diverged = (
+        learn.diverged
+        or (valid_loss is not None and not math.isfinite(valid_loss))
+        or (train_loss is not None and not math.isfinite(train_loss))
+        or worse
+    )
+    note = learn.stop_reason or ""
+    if worse and not note:
+        note = f"the training loss ended at {train_loss:.3g}, above the untrained {untrained:.3g}"
     skip = {"epoch", "train_loss", "valid_loss", "time"}
     metrics = {key: _final(log, key) for key in (log[-1] if log else {}) if key not in skip}
     return RuleRun(
         rule=rule,
         lr=lr,
         diverged=diverged,
-        train_loss=_final(log, "train_loss"),
+        train_loss=train_loss,
         valid_loss=valid_loss,
         metrics=metrics,
         seconds=seconds,
         valid_losses=[row.get("valid_loss") for row in log],
-        note=(learn.stop_reason or "") if diverged else "",
+        note=note if diverged else "",
     )
 
 

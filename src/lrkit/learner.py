@@ -29,7 +29,7 @@ from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
 from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, one_group
 from lrkit.metrics import Metric, metric_name
-from lrkit.range_test_result import LRFindResult
+from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
 from lrkit.summary import summarize
 
@@ -502,8 +502,6 @@ class Learner:
         `use_valid` the loss is measured on the first `val_batches` validation batches.
         Accumulation, clipping and mixed precision follow the learner's options.
         """
-        precision = self.options.mixed_precision
-        dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         return finder.lr_find(
             self.model,
             self.dls.train,
@@ -515,16 +513,60 @@ class Learner:
             mode,
             beta,
             div_thresh,
-            val_loader=self.dls.valid if use_valid else None,
-            val_batches=val_batches,
-            accum_steps=self.options.accum_steps,
-            autocast_dtype=dtype,
-            device=self.device,
-            forward=self._finder_forward,
-            snapshot=snapshot,
-            grad_clip=self.options.grad_clip,
-            progress=progress if progress is not None else (None if self.show_progress else False),
+            **self._finder_options(use_valid, val_batches, snapshot, progress),
         )
+
+    def lr_find_repeated(
+        self,
+        repeats: int = 3,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_it: int = 100,
+        mode: str = "exp",
+        beta: float = 0.98,
+        div_thresh: float | None = 4.0,
+        *,
+        use_valid: bool = False,
+        val_batches: int = 4,
+        snapshot: str = "memory",
+        progress: bool | None = None,
+    ) -> RepeatedLRFind:
+        """`repeats` range tests on different data orders: each rule's median and spread."""
+        return finder.lr_find_repeated(
+            self.model,
+            self.dls.train,
+            self.loss_fn,
+            self.opt,
+            repeats,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_it=num_it,
+            mode=mode,
+            beta=beta,
+            div_thresh=div_thresh,
+            **self._finder_options(use_valid, val_batches, snapshot, progress),
+        )
+
+    def _finder_options(
+        self, use_valid: bool, val_batches: int, snapshot: str, progress: bool | None
+    ) -> dict[str, Any]:
+        """The range test's keyword arguments that follow this learner's own options."""
+        precision = self.options.mixed_precision
+        return {
+            "val_loader": self.dls.valid if use_valid else None,
+            "val_batches": val_batches,
+            "accum_steps": self.options.accum_steps,
+            "autocast_dtype": {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+                precision
+            ],
+            "device": self.device,
+            "forward": self._finder_forward,
+            "snapshot": snapshot,
+            "grad_clip": self.options.grad_clip,
+            "progress": progress
+            if progress is not None
+            else (None if self.show_progress else False),
+        }
 
     def _finder_forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
         """The learner's forward hook on its (possibly compiled) model, inputs as in training."""

@@ -198,3 +198,30 @@ def valid_loss_per_rule_figure(
     ax.legend(fontsize=8, loc="best")
     ax.set_title("validation loss per epoch, one run per rule")
     return save_figure(fig, path)
+
+
+def threshold_figure(
+    threshs: np.ndarray,
+    scores: np.ndarray,
+    best: float,
+    metric: str = "accuracy_multi",
+    path: str | Path | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """A multi-label metric against the decision threshold, the chosen threshold marked."""
+    if ax is None:
+        fig = Figure(figsize=(6, 3.8))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    ax.plot(threshs, scores, color="C0", marker="o", markersize=3, linewidth=1.5)
+    best_score = float(np.interp(best, threshs, scores))
+    ax.axvline(best, color="C1", linestyle="--", linewidth=1)
+    label = f"best: {best:.2f} ({best_score:.4f})"
+    ax.plot([best], [best_score], marker="o", color="C1", label=label)
+    ax.set_xlabel("threshold on the sigmoid")
+    ax.set_ylabel(f"{metric} (validation)")
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("multi-label threshold sweep")
+    return save_figure(fig, path)

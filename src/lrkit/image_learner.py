@@ -1,0 +1,261 @@
+"""`vision_learner`: a (pretrained) body, a new head, the loss for the labels, three layer groups.
+
+The seed workflow in one call: `vision_learner(dls, "resnet50", pretrained="imagenet")` builds
+lrkit's resnet50, loads torchvision's ImageNet weights, cuts it at the global pool, adds
+fastai's head for `dls.c` classes, picks cross-entropy (or BCE-with-logits when `dls` is
+multi-label), splits into (stem + layer1 + layer2), (layer3 + layer4), head and freezes all but
+the head. torchvision and timm constructors are accepted where those libraries import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrkit import checkpoint
+from lrkit.data import DataLoaders
+from lrkit.layer_groups import Splitter
+from lrkit.learner import Learner
+from lrkit.metrics import Metric, accuracy_multi
+from lrkit.models.hub import IMAGENET_FILES, imagenet_weights
+from lrkit.models.split import default_split
+from lrkit.models.vision_model import ARCHS, attach_head, vision_model
+from lrkit.models.weights import load_pretrained, set_in_chans
+from lrkit.thresholds import ThresholdSweep, sweep_thresholds
+
+Pretrained = bool | str | Path | None
+Arch = str | Callable[..., nn.Module] | nn.Module
+
+
+class VisionLearner(Learner):
+    """A Learner for a body + head image model: a multi-label threshold, self-describing export."""
+
+    def __init__(
+        self,
+        *args: Any,
+        model_spec: dict[str, Any] | None = None,
+        thresh: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_spec = model_spec  # vision_model(**model_spec) rebuilds the model, if set
+        self.thresh = thresh  # multi-label decision threshold on the sigmoid
+
+    def find_threshold(
+        self,
+        threshs: Sequence[float] | None = None,
+        metric: Callable[..., torch.Tensor] = accuracy_multi,
+        path: str | Path | None = None,
+    ) -> ThresholdSweep:
+        """Sweep the multi-label threshold on the validation set; predict uses the best one."""
+        if not self.dls.multi_label:
+            raise ValueError(
+                "find_threshold is for multi-label data (sigmoid per class); these dataloaders "
+                "are single-label, where predict takes the highest-scoring class"
+            )
+        preds, targets = self.get_preds()
+        sweep = sweep_thresholds(preds, targets, threshs, metric)
+        self.thresh = sweep.best
+        if path is not None:
+            sweep.plot(path)
+        return sweep
+
+    def _preprocess(self) -> dict[str, Any] | None:
+        """How an image file becomes a model input: the loaders' size and normalisation."""
+        out: dict[str, Any] = {}
+        size = getattr(getattr(self.dls.valid, "transform", None), "size", None)
+        if isinstance(size, int):
+            out["size"] = size
+        if self.dls.stats is not None:
+            mean, std = self.dls.stats
+            out["mean"], out["std"] = [float(m) for m in mean], [float(s) for s in std]
+        return out or None
+
+    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> checkpoint.Prediction:
+        """Label(s), index(es) and probabilities for one image file, PIL image or tensor.
+
+        Multi-label: every label whose sigmoid is above `self.thresh` (see find_threshold).
+        """
+        return checkpoint.predict(
+            self.model,
+            item,
+            self.dls.vocab,
+            self.dls.multi_label,
+            preprocess if preprocess is not None else self._preprocess(),
+            self.device,
+            self.thresh,
+        )
+
+    def export(
+        self,
+        path: str | Path,
+        factory: Callable[..., nn.Module] | str | None = None,
+        kwargs: dict[str, Any] | None = None,
+        preprocess: dict[str, Any] | None = None,
+        pickle_model: bool = False,
+    ) -> Path:
+        """Write what `load_learner(path).predict(item)` needs, threshold and image size included.
+
+        lrkit architectures rebuild from their spec; other models need factory/kwargs, or
+        pickle_model=True.
+        """
+        if factory is None and not pickle_model and self.model_spec is not None:
+            factory, kwargs = vision_model, dict(self.model_spec)
+        return checkpoint.export(
+            self.model,
+            path,
+            vocab=self.dls.vocab,
+            multi_label=self.dls.multi_label,
+            factory=factory,
+            kwargs=kwargs,
+            preprocess=preprocess if preprocess is not None else self._preprocess(),
+            pickle_model=pickle_model,
+            thresh=self.thresh,
+        )
+
+
+def _weights_kind(pretrained: Pretrained) -> tuple[str | None, Path | None]:
+    """("imagenet"/"imagenet_v2", None), (None, path) or (None, None) for no weights."""
+    if pretrained is None or pretrained is False:
+        return None, None
+    if pretrained is True:
+        return "imagenet", None
+    if isinstance(pretrained, str) and pretrained in IMAGENET_FILES:
+        return pretrained, None
+    if isinstance(pretrained, (str, Path)):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"pretrained={str(pretrained)!r} is neither one of {list(IMAGENET_FILES)} nor an "
+                "existing weights file"
+            )
+        return None, path
+    raise TypeError(
+        f"pretrained must be False, True, 'imagenet', 'imagenet_v2' or a path, got {pretrained!r}"
+    )
+
+
+def _optional_import(name: str) -> Any:
+    """The module, or None when it is not installed or does not load (torchvision here)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _lrkit_name(arch: Arch) -> str | None:
+    """The ARCHS name of `arch` when it is one of lrkit's (a name or a factory function)."""
+    if isinstance(arch, str):
+        return arch if arch in ARCHS else None
+    return next((name for name, fn in ARCHS.items() if fn is arch), None)
+
+
+def _foreign_network(arch: Arch, kind: str | None, in_chans: int) -> nn.Module:
+    """A torchvision/timm/user network, with its own library's ImageNet weights when asked."""
+    if isinstance(arch, nn.Module):
+        if kind is not None:
+            raise ValueError(
+                "a model instance brings its own weights; pass pretrained=False, or a path"
+            )
+        return arch
+    if isinstance(arch, str):
+        timm = _optional_import("timm")
+        if timm is None:
+            raise ValueError(
+                f"unknown architecture {arch!r}: lrkit has {sorted(ARCHS)} (timm, for its model "
+                "names, is not installed); or pass a model constructor"
+            )
+        return timm.create_model(arch, pretrained=kind is not None, in_chans=in_chans)
+    if not callable(arch):
+        raise TypeError(f"arch must be a name, a model constructor or a model, got {arch!r}")
+    module = getattr(arch, "__module__", None) or ""
+    if module.startswith("torchvision"):
+        weights = {None: None, "imagenet": "IMAGENET1K_V1", "imagenet_v2": "IMAGENET1K_V2"}[kind]
+        return arch(weights=weights)
+    if module.startswith("timm"):
+        return arch(pretrained=kind is not None, in_chans=in_chans)
+    if kind is not None:
+        raise ValueError(
+            f"lrkit knows no ImageNet weights for {getattr(arch, '__name__', arch)!r}; pass "
+            "pretrained=False, or the path of a weights file"
+        )
+    return arch()
+
+
+def _in_chans(dls: DataLoaders) -> int:
+    """Input channels, from the loaders' normalisation stats (one mean per channel); else 3."""
+    if dls.stats is not None:
+        return len(dls.stats[0])
+    return 3
+
+
+def vision_learner(
+    dls: DataLoaders,
+    arch: Arch = "resnet50",
+    pretrained: Pretrained = "imagenet",
+    metrics: Sequence[Metric] = (),
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    n_out: int | None = None,
+    in_chans: int | None = None,
+    splitter: Splitter | None = None,
+    lin_ftrs: int | None = 512,
+    ps: float = 0.5,
+    concat_pool: bool = True,
+    cut: int | None = None,
+    download_progress: bool = True,
+    **learner_kwargs: Any,
+) -> VisionLearner:
+    """A Learner for image classification: body (pretrained) + new head, body frozen if pretrained.
+
+    `arch`: "resnet18".."resnet152", "resnet_small" (28x28 images), a torchvision or timm
+    constructor, a timm model name (with timm installed), or any callable/module whose
+    children run in order. `pretrained`: "imagenet" (= True), "imagenet_v2", a weights file, or
+    False. `n_out` defaults to the number of classes in `dls.vocab`, `in_chans` to the number
+    of channels in `dls.stats`. Other keyword arguments go to `Learner` (opt, wd, device, ...).
+    """
+    n_out = n_out if n_out is not None else dls.c
+    if n_out is None:
+        raise ValueError("dls has no vocab to count the classes; pass n_out=<number of outputs>")
+    in_chans = in_chans if in_chans is not None else _in_chans(dls)
+    kind, path = _weights_kind(pretrained)
+    name = _lrkit_name(arch)
+    if name is not None:
+        network = ARCHS[name](in_chans=in_chans)
+        if kind is not None:
+            path = imagenet_weights(name, kind, progress=download_progress)
+    else:
+        network = _foreign_network(arch, kind, in_chans)
+    if path is not None:
+        load_pretrained(network, path)
+    if name is None:
+        set_in_chans(network, in_chans)  # adapts pretrained RGB filters; no-op when it fits
+    model = attach_head(network, n_out, lin_ftrs, ps, concat_pool, cut, in_chans)
+    spec = None
+    if name is not None and cut is None:
+        spec = {
+            "arch": name,
+            "n_out": n_out,
+            "in_chans": in_chans,
+            "lin_ftrs": lin_ftrs,
+            "ps": ps,
+            "concat_pool": concat_pool,
+        }
+    if loss_fn is None:
+        loss_fn = nn.BCEWithLogitsLoss() if dls.multi_label else nn.CrossEntropyLoss()
+    learn = VisionLearner(
+        model,
+        dls,
+        loss_fn,
+        metrics=metrics,
+        splitter=splitter if splitter is not None else default_split,
+        model_spec=spec,
+        **learner_kwargs,
+    )
+    if kind is not None or path is not None:
+        learn.freeze()
+    return learn

@@ -1,0 +1,207 @@
+"""Pretrained weights into a model: read a file safely, map its key names, check, load strictly.
+
+Files: torchvision `.pth` state dicts, timm `.safetensors`/`.pth` (the same key names for
+ResNets once wrappers and prefixes are gone), lrkit's own `save`/`export` files. The check is
+key-by-key against the model's state_dict, and an error names the file and the first
+mismatches. Two deliberate exceptions to "strict": a classifier whose shape differs from the
+file's (another number of classes) keeps its fresh weights, and a first convolution with
+another number of input channels gets the file's filters adapted (`adapt_input_conv`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrkit.models.safetensors_file import read_safetensors
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+# Containers that hold the state_dict one level down: ours, training scripts', timm's.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
+# Prefixes a whole file may carry: DataParallel/DDP ("module."), torch.compile ("_orig_mod.").
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+SHOW = 5  # mismatches named in an error message
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, unwrapped to a flat {name: tensor} on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path} is not a weights file torch can read safely ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); pass a torchvision/timm .pth, "
+            "a .safetensors file, or a file written by Learner.save/export"
+        ) from err
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside what torch.load returned; refuse anything else."""
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if not isinstance(obj, Mapping):
+            break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    what = (
+        f"a dict with keys {sorted(map(str, obj))[:SHOW]}"
+        if isinstance(obj, Mapping)
+        else f"a {type(obj).__name__}"
+    )
+    raise ValueError(
+        f"{path} holds {what}, not a state_dict (a mapping of names to tensors); it is not a "
+        "weights checkpoint"
+    )
+
+
+def map_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm/torchvision key names as lrkit's: drop a prefix every key shares (module., ...)."""
+    state = dict(state)
+    for prefix in STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """RGB filters (O, 3, kh, kw) for `in_chans` inputs, answering grey images exactly as before.
+
+    The filters repeat over the new channels (R, G, B, R, ...) scaled by 3 / in_chans; what
+    the sum over channels still differs from the RGB sum is spread evenly, so an image with the
+    same value in every channel gives the response its [g, g, g] gave. One channel: the sum.
+    """
+    if weight.ndim != 4:
+        raise ValueError(f"expected a conv weight (O, I, kh, kw), got shape {tuple(weight.shape)}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    c = weight.shape[1]
+    if in_chans == c:
+        return weight
+    reps = -(-in_chans // c)  # ceil
+    tiled = weight.repeat(1, reps, 1, 1)[:, :in_chans] * (c / in_chans)  # (O, in_chans, kh, kw)
+    # (O, 1, kh, kw): zero when in_chans is a multiple of c
+    missing = weight.sum(1, keepdim=True) - tiled.sum(1, keepdim=True)
+    return tiled + missing / in_chans
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """The state_dict prefix of the model's final layer ("fc." for ResNets), if it has one."""
+    get = getattr(model, "get_classifier", None)
+    classifier = get() if callable(get) else getattr(model, "fc", None)
+    if not isinstance(classifier, nn.Module):
+        return None
+    for name, module in model.named_modules():
+        if module is classifier and name:
+            return name + "."
+    return None
+
+
+def fit_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str | Path,
+    first_conv: str = "conv1.weight",
+) -> dict[str, torch.Tensor]:
+    """`state` made to fit `model` exactly, or a ValueError naming `source` and the mismatches.
+
+    Adapts `first_conv` to the model's input channels; keeps the model's own classifier when
+    the file's has another shape or is missing (the rest must match key for key).
+    """
+    want = model.state_dict()
+    state = map_keys(state)
+    if first_conv in state and first_conv in want:
+        have, need = state[first_conv], want[first_conv]
+        if have.ndim == 4 and have.shape[1] != need.shape[1] and have.shape[2:] == need.shape[2:]:
+            state[first_conv] = adapt_input_conv(have, need.shape[1])
+    head = _classifier_prefix(model)
+    if head is not None:
+        mine = {k: v for k, v in want.items() if k.startswith(head)}
+        theirs = {k: v for k, v in state.items() if k.startswith(head)}
+        same = mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
+        if not same:  # another number of classes, or none: keep the fresh classifier
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
+            state.update(mine)
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file, {tuple(want[k].shape)} in the model"
+        for k in want
+        if k in state and state[k].shape != want[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(_mismatch_message(model, source, missing, unexpected, shapes))
+    return {k: state[k] for k in want}
+
+
+def _mismatch_message(
+    model: nn.Module, source: str | Path, missing: list, unexpected: list, shapes: list
+) -> str:
+    parts = []
+    for label, items in (
+        ("missing from the file", missing),
+        ("not in the model", unexpected),
+        ("wrong shape", shapes),
+    ):
+        if items:
+            more = f" (+{len(items) - SHOW} more)" if len(items) > SHOW else ""
+            parts.append(f"{label}: {', '.join(items[:SHOW])}{more}")
+    hint = ""
+    if any(k.startswith("conv1.0.") for k in unexpected):
+        hint = " The file has a deep stem (conv1.0, ...): a ResNet-C/D variant, not a plain one."
+    return (
+        f"the weights in {source} do not fit {type(model).__name__} "
+        f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another "
+        f"shape). {'; '.join(parts)}.{hint} Check that the file was saved from the same "
+        "architecture (e.g. resnet50, not resnet34)."
+    )
+
+
+def load_pretrained(
+    model: nn.Module, path: str | Path, first_conv: str = "conv1.weight"
+) -> nn.Module:
+    """Load a weights file into `model` (checked, then strict); returns the model."""
+    state = fit_state_dict(model, read_state_dict(path), path, first_conv)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def set_in_chans(model: nn.Module, in_chans: int) -> nn.Module:
+    """Swap the model's first Conv2d for one taking `in_chans` inputs, weights adapted."""
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no Conv2d whose input channels could change")
+    name, conv = found
+    if conv.in_channels == in_chans:
+        return model
+    if conv.groups != 1:
+        raise ValueError(f"cannot adapt {name!r}: it is a grouped convolution")
+    new = nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        new.weight.copy_(adapt_input_conv(conv.weight, in_chans))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, new)
+    return model
