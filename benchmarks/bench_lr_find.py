@@ -83,11 +83,12 @@ def torch_lr_finder_run(model, optimizer, batches) -> None:
     finder.reset()
 
 
-def time_once(run: Callable, batches) -> float:
+def time_once(run: Callable, batches) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for one run from fresh weights."""
     model, optimizer = fresh_setup()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     run(model, optimizer, batches)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -111,15 +112,23 @@ def main() -> None:
         for run in runs.values():  # warm-up: allocator, kernels, first-call costs
             time_once(run, batches)
         times: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():  # interleaved: drift hits every variant alike
-                times[name].append(time_once(run, batches))
+                wall_s, cpu_s = time_once(run, batches)
+                times[name].append(wall_s)
+                cpu[name].append(cpu_s)
         median = {name: statistics.median(values) for name, values in times.items()}
-        print(f"\n{threads} thread(s): median seconds")
+        print(f"\n{threads} thread(s): median seconds (wall)")
         for name, value in median.items():
             print(f"  {name:<16} {value:8.4f}")
         ratio = median["lrkit"] / median["bare"]
+        pairs = zip(times["lrkit"], times["bare"], strict=True)
+        paired = statistics.median(a / b for a, b in pairs)
+        cpu_ratio = statistics.median(cpu["lrkit"]) / statistics.median(cpu["bare"])
         print(f"  ratio lrkit / bare            {ratio:.3f}  (target <= 1.03)")
+        print(f"  median of paired ratios       {paired:.3f}  (each round's lrkit / bare)")
+        print(f"  ratio of CPU time             {cpu_ratio:.3f}  (less sensitive to other load)")
         share = median["snapshot"] / median["lrkit"]
         print(f"  snapshot+restore / lrkit run  {100 * share:.2f}%  (target <= 1%)")
         if "torch-lr-finder" in median:

@@ -24,16 +24,23 @@ torch.set_num_threads(1)
 def test_every_rule_starts_from_the_same_state_and_the_learner_is_left_as_it_was():
     learn = make_learner(metrics=[])
     before = clone_state(learn.model)
-    config = CompareConfig(rules=("minimum", "auto", "valley"), epochs=2, num_it=30)
-    comparison = compare_rules(learn, config)
-    minimum, auto, valley = comparison.runs
-    # auto is minimum: same lr from the same start and data order -> the very same run
-    assert minimum.lr == auto.lr
-    assert minimum.valid_losses == auto.valid_losses and minimum.train_loss == auto.train_loss
-    assert valley.lr != minimum.lr
-    assert len(minimum.valid_losses) == 2
-    after = clone_state(learn.model)
-    assert all(torch.equal(before[key], after[key]) for key in before)
+    alone = compare_rules(learn, CompareConfig(rules=("valley",), epochs=2, num_it=30))
+    after_first = clone_state(learn.model)
+    config = CompareConfig(rules=("minimum", "valley"), epochs=2, num_it=30)
+    minimum, valley = compare_rules(learn, config).runs
+    # valley after minimum's run trains exactly as valley alone: nothing leaks between runs
+    assert valley.lr == alone.runs[0].lr != minimum.lr
+    assert valley.valid_losses == alone.runs[0].valid_losses
+    assert valley.train_loss == alone.runs[0].train_loss and len(valley.valid_losses) == 2
+    for state in (after_first, clone_state(learn.model)):
+        assert all(torch.equal(before[key], state[key]) for key in before)
+
+
+def test_rules_that_agree_share_one_run():
+    learn = make_learner(metrics=[])
+    minimum, auto = compare_rules(learn, CompareConfig(rules=("minimum", "auto"), num_it=30)).runs
+    assert auto.lr == minimum.lr and auto.valid_losses == minimum.valid_losses
+    assert "same lr as minimum" in auto.note
 
 
 def test_metrics_of_the_last_epoch_are_reported():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,22 +134,39 @@ def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Compar
     range_test = learn.lr_find(num_it=config.num_it)
     start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
     runs: list[RuleRun] = []
+    by_lr: dict[float, RuleRun] = {}  # rules that agree on the lr share one run
     try:
         for rule in config.rules:
+            lr = _suggestion(range_test, rule)
+            if lr in by_lr:
+                twin = by_lr[lr]
+                runs.append(
+                    replace(twin, rule=rule, note=f"same lr as {twin.rule}: one run serves both")
+                )
+                continue
             start.restore(keep=True)  # same weights, optimizer, RNGs and data order every time
-            runs.append(_train_at_rule(learn, range_test, rule, config))
+            runs.append(_train_at_rule(learn, range_test, rule, lr, config))
+            if math.isfinite(lr):
+                by_lr[lr] = runs[-1]
     finally:
         start.restore()
     return Comparison(range_test=range_test, runs=runs, config=config)
 
 
-def _train_at_rule(
-    learn: Learner, range_test: LRFindResult, rule: str, config: CompareConfig
-) -> RuleRun:
+def _suggestion(range_test: LRFindResult, rule: str) -> float:
+    """The rule's lr, NaN when the curve is too short for it."""
     try:
-        lr = range_test.suggest(rule)
-    except suggest.CurveTooShortError as error:
-        return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=str(error))
+        return range_test.suggest(rule)
+    except suggest.CurveTooShortError:
+        return math.nan
+
+
+def _train_at_rule(
+    learn: Learner, range_test: LRFindResult, rule: str, lr: float, config: CompareConfig
+) -> RuleRun:
+    if not math.isfinite(lr):
+        note = f"the range test's curve is too short for {rule}: raise num_it"
+        return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=note)
     began = time.perf_counter()
     if config.schedule == "one-cycle":
         learn.fit_one_cycle(config.epochs, lr)

@@ -34,6 +34,13 @@ from lrkit.models.resnet import resnet_small
 from lrkit.report import Report
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "bundled"
+# A resnet_small at half width: four times cheaper, so every step fits the demo's budget.
+DEMO_WIDTH = 8
+
+
+def demo_network(in_chans: int = 1, num_classes: int = 10) -> torch.nn.Module:
+    """The demo's architecture: lrkit's small ResNet for 28x28 images at width 8."""
+    return resnet_small(num_classes=num_classes, in_chans=in_chans, width=DEMO_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,8 @@ class DemoSizes:
     unfrozen_epochs: int
 
 
-FULL = DemoSizes(10000, 2000, 128, 100, 2, 15000, 2, 500, 2000, 3, 4)
-QUICK = DemoSizes(2500, 1000, 128, 60, 1, 4000, 1, 300, 1000, 2, 3)
+FULL = DemoSizes(12000, 2000, 64, 100, 3, 15000, 3, 500, 2000, 4, 6)
+QUICK = DemoSizes(4000, 1000, 64, 60, 2, 4000, 2, 300, 1000, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,15 @@ class DemoConfig:
         return QUICK if self.quick else FULL
 
 
+def bundled_fashion_mnist() -> dict[str, np.ndarray]:
+    """The 10k test split shipped inside lrkit, as train (8000) and valid (200 per class)."""
+    x = read_idx(BUNDLED_DIR / "t10k-images-idx3-ubyte.gz")
+    y = read_idx(BUNDLED_DIR / "t10k-labels-idx1-ubyte.gz")
+    valid = balanced_subset(y, 2000, seed=0)
+    train = np.setdiff1d(np.arange(len(y)), valid)
+    return {"x_train": x[train], "y_train": y[train], "x_test": x[valid], "y_test": y[valid]}
+
+
 def demo_arrays(path: str | Path | None) -> tuple[dict[str, np.ndarray], str]:
     """Fashion-MNIST as arrays, and where they came from: the given folder, the Debian package,
     the cache (downloading into it if needed), or else the 10k test split bundled with lrkit."""
@@ -80,12 +96,9 @@ def demo_arrays(path: str | Path | None) -> tuple[dict[str, np.ndarray], str]:
     except (DownloadError, FileNotFoundError, OSError) as error:
         if path is not None:
             raise
-        x = read_idx(BUNDLED_DIR / "t10k-images-idx3-ubyte.gz")
-        y = read_idx(BUNDLED_DIR / "t10k-labels-idx1-ubyte.gz")
-        valid = balanced_subset(y, 2000, seed=0)  # hold out 200 per class, train on the rest
-        train = np.setdiff1d(np.arange(len(y)), valid)
-        arrays = {"x_train": x[train], "y_train": y[train], "x_test": x[valid], "y_test": y[valid]}
-        return arrays, f"the 10k test split bundled with lrkit (full data unavailable: {error})"
+        return bundled_fashion_mnist(), (
+            f"the 10k test split bundled with lrkit (the full data is unavailable: {error})"
+        )
     if path is not None:
         return arrays, f"the folder {path}"
     if (SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists():
@@ -127,7 +140,7 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
     sizes = config.sizes
     settings = (sizes.pretrain_items, sizes.pretrain_epochs, sizes.bs, config.seed)
     key = "-".join(str(v) for v in (*settings, len(arrays["y_train"])))
-    path = cache_dir("demo") / f"resnet_small-classes0-4-{key}.pth"
+    path = cache_dir("demo") / f"resnet_small-w{DEMO_WIDTH}-classes0-4-{key}.pth"
     if path.exists():
         console.print(f"  using the cached body {path}")
         return path
@@ -135,7 +148,7 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
     dls = _loaders(arrays, sizes.pretrain_items, 1000, range(0, 5), sizes.bs, config.seed)
     torch.manual_seed(config.seed)
     learn = Learner(
-        resnet_small(num_classes=5),
+        demo_network(num_classes=5),
         dls,
         torch.nn.CrossEntropyLoss(),
         metrics=[error_rate],
@@ -161,7 +174,7 @@ def transfer(
     torch.manual_seed(config.seed)
     learn = vision_learner(
         dls,
-        "resnet_small",
+        demo_network,
         pretrained=body,
         metrics=[error_rate],
         device=config.device,
@@ -209,7 +222,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     learn = vision_learner(
         dls,
-        "resnet_small",
+        demo_network,
         pretrained=False,
         metrics=[error_rate],
         device=config.device,
