@@ -33,6 +33,7 @@ from lrkit.demo import DemoConfig, run_demo
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
 from lrkit.range_test_result import LRFindResult, finite_or_none
+from lrkit.report import rich_table
 from lrkit.vision import csv_dataloaders, image_dataloaders
 
 EXIT_USAGE = 2
@@ -506,13 +507,7 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     comparison = compare_rules(learn, config)
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
-    header, *body = rule_table(comparison)
-    table = Table(title="one run per rule, same start")
-    for name in header:
-        table.add_column(name, justify="left" if name == "rule" else "right")
-    for row in body:
-        table.add_row(*row)
-    console.print(table)
+    console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
     console.print(f"wrote {paths['report_md']} and {paths['report_html']}")
     best = comparison.best()
     return {

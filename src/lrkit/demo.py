@@ -31,7 +31,7 @@ from lrkit.image_learner import vision_learner
 from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
-from lrkit.report import Report
+from lrkit.report import Report, rich_table
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "bundled"
 # A resnet_small at half width: four times cheaper, so every step fits the demo's budget.
@@ -254,8 +254,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     comparison = compare_rules(learn, compare_config)
     compare_paths = write_comparison(comparison, out / "compare")
     table = rule_table(comparison)
-    for row in table:
-        console.print("  " + "  ".join(f"{cell:>12}" for cell in row))
+    console.print(rich_table(table, "one run per rule, same start"))
     report.heading("2. The suggestion rules compared")
     report.paragraph(
         f"{sizes.compare_epochs} epoch(s) of one-cycle training per rule on {sizes.n_train} "

@@ -8,6 +8,8 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.table import Table
+
 
 @dataclass
 class Report:
@@ -99,3 +101,14 @@ def _inside(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def rich_table(rows: list[list[str]], title: str | None = None) -> Table:
+    """The same rows (header first) as a rich Table for the terminal."""
+    header, *body = rows
+    table = Table(title=title)
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    return table
