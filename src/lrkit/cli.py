@@ -23,7 +23,7 @@ from rich.table import Table
 
 import lrkit
 from lrkit import suggest
-from lrkit.callbacks import CSVLogger
+from lrkit.callbacks import CSVLogger, ProgressCallback
 from lrkit.checkpoint import load_learner
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
@@ -143,7 +143,8 @@ def make_learner(args: argparse.Namespace, dls: DataLoaders, console: Console) -
         metrics=metrics,
         device=pick_device(args.device),
         mixed_precision=precision,
-        progress=console.is_terminal or not args.json,
+        progress=False,
+        cbs=[ProgressCallback(console)],  # on stderr under --json: stdout stays pure JSON
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from lrkit.callbacks import ProgressCallback
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError, cache_dir
@@ -152,7 +153,7 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
         dls,
         torch.nn.CrossEntropyLoss(),
         metrics=[error_rate],
-        device=config.device,
+        **_training_options(config, console),
     )
     lr = learn.lr_find(num_it=sizes.num_it, progress=False).suggest("auto")
     learn.fit_one_cycle(sizes.pretrain_epochs, lr)
@@ -163,8 +164,14 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
     return path
 
 
+def _training_options(config: DemoConfig, console: Console) -> dict[str, Any]:
+    """Device and progress for every demo learner: one progress line per epoch on `console`
+    (stderr under --json, so stdout keeps exactly one JSON object)."""
+    return {"device": config.device, "progress": False, "cbs": [ProgressCallback(console)]}
+
+
 def transfer(
-    arrays, body: Path, discriminative: bool, config: DemoConfig, out: Path
+    arrays, body: Path, discriminative: bool, config: DemoConfig, out: Path, console: Console
 ) -> dict[str, Any]:
     """Classes 5-9 from a few hundred images on the pretrained body, fastai's way."""
     sizes = config.sizes
@@ -177,8 +184,7 @@ def transfer(
         demo_network,
         pretrained=body,
         metrics=[error_rate],
-        device=config.device,
-        progress=False,
+        **_training_options(config, console),
     )
     tag = "sliced" if discriminative else "single"
     frozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
@@ -225,8 +231,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
         demo_network,
         pretrained=False,
         metrics=[error_rate],
-        device=config.device,
-        progress=False,
+        **_training_options(config, console),
     )
     before = fingerprint(learn.model)
     range_test = learn.lr_find(num_it=sizes.num_it, progress=console.is_terminal)
@@ -266,7 +271,8 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     console.rule("3. transfer learning: classes 0-4 -> 5-9")
     body = pretrained_body(arrays, config, console)
     results = [
-        transfer(arrays, body, discriminative, config, out) for discriminative in (True, False)
+        transfer(arrays, body, discriminative, config, out, console)
+        for discriminative in (True, False)
     ]
     for row in results:
         console.print(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -133,6 +134,7 @@ def _progress_bar(show: bool | None) -> Progress | None:
         MofNCompleteColumn(),
         TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4f}"),
         TimeElapsedColumn(),
+        console=Console(stderr=True),  # progress never mixes into a program's stdout
         transient=True,
     )
 
