@@ -175,3 +175,47 @@ def test_help_exits_0(capsys):
     for command in ("find", "train", "compare", "summary", "predict", "demo"):
         assert main([command, "--help"]) == 0
     assert "--num-it" in capsys.readouterr().out
+
+
+# -- image folders: the Pets layout, file-name labels, and a multi-label CSV -----------------
+IMAGES = ["--size", "32", "--presize", "40", "--bs", "4", "--workers", "0", "--arch", "resnet18",
+          "--pretrained", "none", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture
+def pets_root(tmp_path):
+    from data_fixtures import make_pets
+
+    make_pets(tmp_path / "pets")
+    return tmp_path / "pets"
+
+
+def test_find_on_the_pets_layout_and_on_file_name_labels(pets_root, tmp_path, capsys):
+    argv = ["find", "--dataset", "pets", "--data", str(pets_root), *IMAGES, "--num-it", "10"]
+    record, err = run_json([*argv, "--out", str(tmp_path / "pets")], capsys)
+    assert record["data"]["classes"] >= 2 and record["data"]["junk_files"] >= 3
+    assert "Bengal_2.jpg: empty file" in err  # the junk list, once, as a plain warning line
+    assert len(record["lrs"]) == 10
+
+    argv = ["find", "--data", str(pets_root / "images"), "--label-re", r"^(.+)_\d+", *IMAGES]
+    record, _ = run_json(
+        [*argv, "--num-it", "10", "--valid-pct", "0.3", "--out", str(tmp_path)], capsys
+    )
+    assert record["data"]["dataset"] is None and record["data"]["label_re"] == r"^(.+)_\d+"
+
+
+def test_summary_on_a_multi_label_csv(pets_root, tmp_path, capsys):
+    names = sorted(p.name for p in (pets_root / "images").glob("*.jpg"))[:8]
+    rows = [f"{name},{'cat fluffy' if index % 2 else 'dog'}" for index, name in enumerate(names)]
+    (tmp_path / "labels.csv").write_text("fname,labels\n" + "\n".join(rows) + "\n")
+    csv = str(tmp_path / "labels.csv")
+    argv = ["summary", "--data", str(pets_root / "images"), "--labels", csv, "--multi-label",
+            *IMAGES, "--out", str(tmp_path)]  # fmt: skip
+    record, _ = run_json(argv, capsys)
+    assert record["data"]["classes"] == 3 and record["data"]["multi_label"] is True
+
+
+def test_multi_label_without_a_csv_is_refused(pets_root, tmp_path, capsys):
+    argv = ["find", "--data", str(pets_root / "images"), "--multi-label", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--labels" in capsys.readouterr().err

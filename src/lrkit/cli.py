@@ -12,6 +12,7 @@ import json
 import math
 import platform
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
 from lrkit.range_test_result import LRFindResult, finite_or_none
 from lrkit.report import rich_table
-from lrkit.vision import csv_dataloaders, image_dataloaders
+from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
 EXIT_USAGE = 2
 DATASETS = ("fashion-mnist", "pets")
@@ -339,7 +340,11 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
 def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any, VisionLearner]:
     options = _data_options(args)
     args.dataset = options.dataset
-    dls = load_data(options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", JunkWarning)
+        dls = load_data(options)
+    for warning in caught:  # the pipeline's list of left-out files, as plain lines
+        console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     learn = make_learner(args, dls, console)
     console.print(
         f"{learn.model.__class__.__name__} ({args.arch or 'default arch'}) on "
