@@ -89,6 +89,10 @@ def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
     images = write_pngs(tmp_path)
     predictions, _ = run_json(["predict", str(out / "model.lrk"), *images], capsys)
     rows = predictions["predictions"]
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    assert main(["predict", str(out / "model.lrk"), str(not_an_image)]) == 2
+    assert "notes.txt" in capsys.readouterr().err
     assert [row["file"] for row in rows] == images
     assert all(len(row["probs"]) == 10 and 0 <= row["index"] < 10 for row in rows)
 
@@ -219,3 +223,34 @@ def test_multi_label_without_a_csv_is_refused(pets_root, tmp_path, capsys):
     argv = ["find", "--data", str(pets_root / "images"), "--multi-label", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_train_with_frozen_epochs_keeps_every_epoch_in_the_csv(fashion, tmp_path, capsys):
+    weights = tmp_path / "body.pth"
+    torch.save(resnet_small(num_classes=10).state_dict(), weights)
+    argv = ["train", *fashion, "--pretrained", str(weights), "--freeze-epochs", "2",
+            "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path / "run")]  # fmt: skip
+    run_json(argv, capsys)
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch") and len(lines) == 1 + 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["find", "--device", "mps"], "mps"),
+        (["find", "--data", "{images}", "--label-re", "("], "("),
+        (["predict", "{model}", "{text}"], "model.lrk"),
+        (["find", "--out", "{text}"], "is a file"),
+    ],
+)
+def test_more_bad_input_exits_2_without_a_traceback(argv, message, pets_root, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    model = tmp_path / "model.lrk"
+    model.write_bytes(b"not a model")
+    fill = {"{images}": str(pets_root / "images"), "{model}": str(model), "{text}": str(text)}
+    code = main([fill.get(arg, arg) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err

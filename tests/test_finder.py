@@ -317,8 +317,15 @@ def test_empty_loader_is_refused():
     empty = DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0).long()), batch_size=4)
     with pytest.raises(ValueError, match="empty"):
         lrkit.lr_find(model, empty, F.cross_entropy)
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(ValueError, match="one-shot iterator"):
         lrkit.lr_find(model, iter(()), F.cross_entropy)
+
+    class NoBatches:  # re-iterable, no len, yields nothing
+        def __iter__(self):
+            return iter(())
+
+    with pytest.raises(ValueError, match="no batches"):
+        lrkit.lr_find(model, NoBatches(), F.cross_entropy)
 
 
 def test_model_without_trainable_parameters_is_refused():
@@ -397,3 +404,28 @@ def test_repeats_below_two_are_refused(setup):
     model, loader, optimizer = setup
     with pytest.raises(ValueError, match="repeats"):
         lrkit.lr_find_repeated(model, loader, F.cross_entropy, optimizer, repeats=1)
+
+
+def test_a_loss_below_zero_does_not_stop_the_test_at_once():
+    # A log-likelihood shifted below zero: "4 x best" must be measured from the best loss.
+    model = make_model()
+
+    def negative_loss(prediction, target):
+        return F.cross_entropy(prediction, target) - 10.0
+
+    loader = make_loader(make_data())
+    res = lrkit.lr_find(model, loader, negative_loss, start_lr=1e-6, end_lr=1e-3, num_it=30)
+    assert res.stop_reason == "completed" and len(res.lrs) == 30
+    assert (res.losses < 0).all()
+
+
+def test_parameters_the_optimizer_trains_outside_the_model_are_restored(setup):
+    model, loader, _ = setup
+    temperature = nn.Parameter(torch.tensor(1.0))  # e.g. a learnable loss temperature
+    optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": [temperature]}], lr=0.1)
+
+    def loss_fn(prediction, target):
+        return F.cross_entropy(prediction * temperature, target)
+
+    lrkit.lr_find(model, loader, loss_fn, optimizer, num_it=20, div_thresh=None)
+    assert temperature.item() == 1.0 and temperature.grad is None

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, run_demo
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.range_test_result import LRFindResult, finite_or_none
+from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
@@ -123,6 +124,11 @@ def pick_device(name: str) -> torch.device:
         raise UsageError(f"--device {name!r} is not a device torch knows: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} was asked for, but torch sees no CUDA GPU here")
+    try:
+        torch.empty(0, device=device)  # mps without support, cuda:7 on a one-GPU machine, ...
+    except (RuntimeError, AssertionError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"--device {name} cannot be used here: {first_line}") from None
     return device
 
 
@@ -443,10 +449,12 @@ def _resolve_lr(
         start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, progress=False
     )
     found.plot(args.out / f"lr_find_{stage}.png")
-    lr = found.suggest(spec)
-    if not math.isfinite(lr):
-        raise UsageError(f"the range test's curve is too short for rule {spec!r}; raise --num-it")
-    return lr, found
+    try:
+        return found.suggest(spec), found
+    except suggest.CurveTooShortError:
+        raise UsageError(
+            f"the range test's curve is too short for rule {spec!r}; raise --num-it"
+        ) from None
 
 
 def _describe(lr: float | slice) -> str | list[float]:
@@ -474,6 +482,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         lr, _ = _resolve_lr(spec, learn, args, "frozen")
         fit(args.freeze_epochs, lr)
         stages.append({"stage": "frozen", "epochs": args.freeze_epochs, "lr": _describe(lr)})
+        logger.append = True  # the second stage adds its rows below the first stage's
         learn.unfreeze()
     lr, _ = _resolve_lr(spec, learn, args, "unfrozen" if args.freeze_epochs else "train")
     fit(args.epochs, lr)
@@ -494,7 +503,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "data": data_summary(options, dls),
         "versions": versions(),
     }
-    (args.out / "train.json").write_text(json.dumps(record, indent=2, default=str))
+    (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
     console.print(f"wrote {model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png")
     return record
 
@@ -503,7 +512,12 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit compare`: one range test, one training run per rule; table, plots, report."""
     rules = tuple(rule.strip() for rule in args.rules.split(",") if rule.strip())
     config = CompareConfig(
-        rules=rules, epochs=args.epochs, schedule=args.schedule, num_it=args.num_it
+        rules=rules,
+        epochs=args.epochs,
+        schedule=args.schedule,
+        num_it=args.num_it,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
     )
     try:
         config.check()
@@ -578,15 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(stop.code or 0)
     console = Console(stderr=args.json, highlight=False)
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise UsageError(f"--out {args.out} is a file; give a folder for the results")
         result = args.run(args, console)
-    except (UsageError, ValueError, FileNotFoundError, DownloadError) as error:
+    except (UsageError, ValueError, OSError, re.error, DownloadError) as error:
         print(f"lrkit {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"lrkit {args.command}: interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return 0
 
 

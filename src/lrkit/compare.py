@@ -17,7 +17,7 @@ from typing import Any
 from lrkit import suggest
 from lrkit.learner import Learner
 from lrkit.plots import valid_loss_per_rule_figure
-from lrkit.range_test_result import LRFindResult, finite_or_none
+from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import Report
 from lrkit.snapshot import TrainingSnapshot
 
@@ -32,6 +32,8 @@ class CompareConfig:
     epochs: int = 2
     schedule: str = "one-cycle"  # "one-cycle" (fit_one_cycle at the rule's lr) or "constant"
     num_it: int = 100  # steps of the range test
+    start_lr: float = 1e-7  # the range test's sweep
+    end_lr: float = 10.0
     metric: str = "error_rate"  # the column the table ranks the rules by (lower is better)
 
     def check(self) -> None:
@@ -127,11 +129,12 @@ def _final(log: list[dict[str, Any]], key: str) -> float | None:
 
 
 def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
-    """Range-test `learn`, then train it once per rule from its current state; the learner is
-    put back in that state at the end, so nothing about it changes."""
+    """Range-test `learn`, then train it once per rule from its current state. Weights,
+    optimizer, random states and data order are put back at the end; the recorder keeps the
+    last run's history."""
     config = config or CompareConfig()
     config.check()
-    range_test = learn.lr_find(num_it=config.num_it)
+    range_test = learn.lr_find(start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it)
     start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
     runs: list[RuleRun] = []
     by_lr: dict[float, RuleRun] = {}  # rules that agree on the lr share one run
@@ -241,7 +244,8 @@ def write_comparison(
         {run.rule for run in comparison.runs if run.diverged},
         paths["valid_loss_plot"],
     )
-    paths["json"].write_text(json.dumps({**comparison.to_dict(), **(extra or {})}, indent=2))
+    record = json_ready({**comparison.to_dict(), **(extra or {})})
+    paths["json"].write_text(json.dumps(record, indent=2, allow_nan=False))
 
     config = comparison.config
     report = Report("Learning-rate rules compared")

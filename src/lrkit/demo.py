@@ -32,6 +32,7 @@ from lrkit.image_learner import vision_learner
 from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
+from lrkit.range_test_result import json_ready
 from lrkit.report import Report, rich_table
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "bundled"
@@ -316,7 +317,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     report.paragraph(json.dumps({"config": asdict(config), "sizes": asdict(sizes)}))
     report.paragraph(f"Total time: {seconds:.0f} s.")
     md, html = report.write(out)
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "demo.json").write_text(json.dumps(json_ready(summary), indent=2, default=str))
     console.print(f"report: {md} and {html} ({seconds:.0f} s)")
     return summary
 

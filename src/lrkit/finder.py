@@ -23,7 +23,7 @@ from torch import nn
 
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.snapshot import RandomStates, TrainingSnapshot, loader_generators
+from lrkit.snapshot import RandomStates, TrainingSnapshot, loader_generators, optimizer_params
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class _Stepper:
             if autocast_dtype == torch.float16 and device.type == "cuda"
             else None
         )
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.params = optimizer_params(optimizer)
 
     def loss_of(self, batch: Any) -> torch.Tensor:
         with self.autocast:
@@ -241,12 +241,19 @@ def lr_find(
     config.check()
     if snapshot not in ("memory", "disk"):
         raise ValueError(f"snapshot must be 'memory' or 'disk', got {snapshot!r}")
+    if isinstance(train_loader, Iterator):  # never call iter() here: it draws from the RNG
+        raise ValueError(
+            "train_loader is a one-shot iterator: the range test cycles it and must leave it as "
+            "it found it; pass a re-iterable (a DataLoader or a list of batches)"
+        )
     if _loader_is_empty(train_loader):
         raise ValueError("train_loader is empty: the range test needs at least one batch")
     if val_loader is not None and _loader_is_empty(val_loader):
         raise ValueError("val_loader is empty: pass None or a loader with at least one batch")
     if optimizer is None:
         trainable = [p for p in model.parameters() if p.requires_grad]
+        if not any(True for _ in model.parameters()):
+            raise ValueError("the model has no parameters at all: there is nothing to train")
         if not trainable:
             raise ValueError("the model has no trainable parameters (all requires_grad=False)")
         optimizer = torch.optim.AdamW(trainable, lr=start_lr)
@@ -304,7 +311,10 @@ def _sweep(
             best = min(best, smoothed)
             if bar is not None:
                 bar.update(task, advance=1, lr=lr, loss=smoothed)
-            if config.div_thresh is not None and smoothed > config.div_thresh * best:
+            # "div_thresh x best", measured from the best so that it also holds below zero
+            if config.div_thresh is not None and smoothed - best > (config.div_thresh - 1) * abs(
+                best
+            ):
                 stop_reason = "diverged"
                 break
 

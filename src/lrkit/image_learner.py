@@ -69,6 +69,8 @@ class VisionLearner(Learner):
         """How an image file becomes a model input: the loaders' size and normalisation."""
         out: dict[str, Any] = {}
         size = getattr(getattr(self.dls.valid, "transform", None), "size", None)
+        if size is None:  # in-memory datasets (Fashion-MNIST) carry their size themselves
+            size = getattr(getattr(self.dls.valid, "dataset", None), "size", None)
         if isinstance(size, int):
             out["size"] = size
         if self.dls.stats is not None:

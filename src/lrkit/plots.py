@@ -60,7 +60,8 @@ def lr_find_figure(
     # Keep the blow-up from squashing the useful part: cap the y range a little above the start.
     finite = losses[np.isfinite(losses)]
     if len(finite):
-        top = max(finite[: max(len(finite) // 10, 1)].max(), finite.min()) * 1.3
+        start = max(finite[: max(len(finite) // 10, 1)].max(), finite.min())
+        top = start + 0.3 * abs(start)
         bottom = finite.min() - 0.1 * abs(top - finite.min())
         ax.set_ylim(bottom, max(top, finite.min() + 1e-6))
     ax.grid(True, which="both", alpha=0.25)

@@ -27,6 +27,18 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def json_ready(obj: Any) -> Any:
+    """`obj` with every non-finite float (anywhere in dicts and lists) replaced by None, so
+    that json.dumps writes strict JSON."""
+    if isinstance(obj, float):
+        return finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {key: json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(value) for value in obj]
+    return obj
+
+
 @dataclass(frozen=True, eq=False)
 class LRFindResult:
     """One range test: lrs (of the last param group), smoothed and raw losses, and how it ended.

@@ -126,7 +126,7 @@ class TrainingSnapshot:
     ) -> TrainingSnapshot:
         """Copy the state of `model`, `optimizer`, the RNGs and the loaders' generators."""
         tensors: dict[str, torch.Tensor] = {}
-        params = list(model.parameters())
+        params = _all_params(model, optimizer)
         for index, param in enumerate(params):
             tensors[f"param.{index}"] = param
             if param.grad is not None:
@@ -163,7 +163,7 @@ class TrainingSnapshot:
         """Write every saved value back in place; parameters keep their identity. The copy is
         discarded afterwards unless `keep` (to restore the same state again later)."""
         saved = self.store.load()
-        params = list(self.model.parameters())
+        params = _all_params(self.model, self.optimizer)
         for index, param in enumerate(params):
             param.copy_(saved[f"param.{index}"])
             param.requires_grad_(self.requires_grad[index])
@@ -182,7 +182,20 @@ class TrainingSnapshot:
             self.store.discard()
 
 
-def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def _all_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The model's parameters, then any the optimizer trains outside the model (a learnable
+    loss weight, class centres, a temperature), each once."""
+    params = list(model.parameters())
+    seen = {id(p) for p in params}
+    for param in optimizer_params(optimizer) if optimizer is not None else []:
+        if id(param) not in seen:
+            seen.add(id(param))
+            params.append(param)
+    return params
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every parameter of every param group, in order."""
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
@@ -193,7 +206,7 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer) -> tuple:
     ]
     tensors: dict[str, torch.Tensor] = {}
     state_keys: dict[int, dict[str, Any]] = {}
-    for index, param in enumerate(_optimizer_params(optimizer)):
+    for index, param in enumerate(optimizer_params(optimizer)):
         if param not in optimizer.state:
             continue
         state_keys[index] = {}
@@ -214,7 +227,7 @@ def _restore_optimizer(
 ) -> None:
     for group, hyper in zip(optimizer.param_groups, meta.hyper, strict=True):
         group.update(copy.deepcopy(hyper))
-    params = _optimizer_params(optimizer)
+    params = optimizer_params(optimizer)
     state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
     for index, keys in meta.state_keys.items():
         for key, value in keys.items():

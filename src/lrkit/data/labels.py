@@ -20,7 +20,12 @@ class LabelError(ValueError):
 
 def regex_labeller(pattern: str) -> Labeller:
     """Label = the first group of `pattern` searched in the file name (with extension)."""
-    compiled = re.compile(pattern)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"label_re {pattern!r} is not a valid regular expression: {error}"
+        ) from None
     if compiled.groups < 1:
         raise ValueError(f"label_re {pattern!r} needs a group, e.g. r'^(.+)_\\d+'")
 
