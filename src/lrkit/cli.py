@@ -361,18 +361,14 @@ def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any
 
 
 def _suggestion_table(title: str, suggestions: dict[str, float], spread=None) -> Table:
-    table = Table(title=title)
-    table.add_column("rule")
-    table.add_column("learning rate", justify="right")
-    if spread is not None:
-        table.add_column("spread (decades)", justify="right")
+    rows = [["rule", "learning rate", *(["spread (decades)"] if spread is not None else [])]]
     for name, lr in suggestions.items():
         row = [f"auto (= {suggest.AUTO_RULE})" if name == "auto" else name]
         row.append(f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)")
         if spread is not None:
             row.append(f"{spread[name]:.2f}")
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    return rich_table(rows, title)
 
 
 def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:

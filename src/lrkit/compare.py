@@ -205,7 +205,8 @@ def _train_at_rule(
     )
 
 
-def _cell(value: float | None) -> str:
+def format_cell(value: float | None) -> str:
+    """A table cell: four decimals, or "-" when there is no value."""
     return "-" if value is None else f"{value:.4f}"
 
 
@@ -220,8 +221,8 @@ def rule_table(comparison: Comparison) -> list[list[str]]:
         if run.diverged:
             results = ["diverged", "diverged", *["-"] * len(metric_names)]
         else:
-            metrics = [_cell(run.metrics.get(m)) for m in metric_names]
-            results = [_cell(run.train_loss), _cell(run.valid_loss), *metrics]
+            metrics = [format_cell(run.metrics.get(m)) for m in metric_names]
+            results = [format_cell(run.train_loss), format_cell(run.valid_loss), *metrics]
         table.append([name, lr, *results, f"{run.seconds:.1f}"])
     return table
 

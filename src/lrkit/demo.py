@@ -22,7 +22,13 @@ import torch
 from rich.console import Console
 
 from lrkit.callbacks import ProgressCallback
-from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
+from lrkit.compare import (
+    CompareConfig,
+    compare_rules,
+    format_cell,
+    rule_table,
+    write_comparison,
+)
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError, cache_dir
 from lrkit.data.fashion import CLASSES, SYSTEM_DIR, array_dataloaders, load_fashion_mnist
@@ -277,7 +283,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     ]
     for row in results:
         console.print(
-            f"  {row['procedure']:<28} error rate {_fmt(row['error_rate'])}"
+            f"  {row['procedure']:<28} error rate {format_cell(row['error_rate'])}"
             f"  (lr {row['unfrozen_lr']})"
         )
     report.heading("3. Transfer learning with discriminative learning rates")
@@ -294,8 +300,8 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
                 [
                     r["procedure"],
                     r["unfrozen_lr"],
-                    _fmt(r["error_rate_after_head"]),
-                    _fmt(r["error_rate"]),
+                    format_cell(r["error_rate_after_head"]),
+                    format_cell(r["error_rate"]),
                 ]
                 for r in results
             ],
@@ -320,7 +326,3 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     (out / "demo.json").write_text(json.dumps(json_ready(summary), indent=2, default=str))
     console.print(f"report: {md} and {html} ({seconds:.0f} s)")
     return summary
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
