@@ -27,6 +27,7 @@ from lrkit import checkpoint, finder
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
+from lrkit.data.dataloaders import length_or_none
 from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, one_group
 from lrkit.metrics import Metric, metric_name
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
@@ -60,13 +61,6 @@ class TrainOptions:
             )
 
 
-def _length(obj: Any) -> int | None:
-    try:
-        return len(obj)
-    except TypeError:
-        return None
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -88,7 +82,7 @@ def _batch_size(target: Any) -> int:
     """Items in a batch, from its target; 1 when the target has no length."""
     if isinstance(target, torch.Tensor) and target.ndim > 0:
         return target.shape[0]
-    return _length(target) or 1
+    return length_or_none(target) or 1
 
 
 class Learner:
@@ -302,7 +296,7 @@ class Learner:
     def _fit(self, n_epoch: int, schedule: Schedule, cbs: Sequence[Callback]) -> None:
         if n_epoch < 0:
             raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
-        self.n_iter = _length(self.dls.train)
+        self.n_iter = length_or_none(self.dls.train)
         if self.n_iter == 0:
             raise ValueError("the train loader yields no batches; check its dataset and batch size")
         if self.n_iter is None:
@@ -585,7 +579,7 @@ class Learner:
         loader = self.dls.valid if loader is None else loader
         names = ["valid_loss", *(metric_name(m) for m in self.metrics)]
         empty = dict.fromkeys(names)
-        if loader is None or _length(loader) == 0:
+        if loader is None or length_or_none(loader) == 0:
             self._warn_no_valid()
             return empty
         total_loss, count, preds, targets = self._evaluate(loader, keep=bool(self.metrics))

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _length(obj: Any) -> int | None:
+def length_or_none(obj: Any) -> int | None:
+    """len(obj), or None for objects without a length (iterables, streams)."""
     try:
         return len(obj)
     except TypeError:
@@ -45,14 +46,14 @@ class DataLoaders:
     @property
     def n_train(self) -> int | None:
         """Number of training items, when the loader's dataset has a length."""
-        return _length(getattr(self.train, "dataset", None))
+        return length_or_none(getattr(self.train, "dataset", None))
 
     @property
     def n_valid(self) -> int | None:
         """Number of validation items (0 without a valid loader)."""
         if self.valid is None:
             return 0
-        return _length(getattr(self.valid, "dataset", None))
+        return length_or_none(getattr(self.valid, "dataset", None))
 
     @property
     def c(self) -> int | None:
