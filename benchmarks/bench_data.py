@@ -12,7 +12,13 @@ and warmed up with one full epoch first (workers started, files in the page cach
 cache mapped and checked); then the pipelines take turns, one epoch each, for `--repeats`
 rounds, so load from elsewhere on the machine hits them alike. It prints the median rate of
 each and the median of the per-round ratios against `plain`.
+
+`--device cuda` runs lrkit's batch transform on the GPU (the workers then only decode,
+presize and batch uint8) and moves every pipeline's batches there, the plain one's too.
+`--breakdown` first times each stage alone, per image, on one thread, and prints the best
+ratio any pipeline that includes that stage could reach on this machine.
 Usage: python benchmarks/bench_data.py [--n 300] [--workers 2] [--bs 32] [--repeats 5]
+                                       [--device cpu] [--breakdown]
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from lrkit.data.augment import BatchTransform
+from lrkit.data.decode import load_rgb
+from lrkit.data.presize import PresizeConfig, crop_square, presize_image, presize_region
 from lrkit.vision import IMAGENET_STATS, image_dataloaders
 
 BREEDS = ["Abyssinian", "Bengal", "Persian", "beagle", "pug", "american_pit_bull_terrier"]
@@ -85,12 +94,68 @@ class PlainPillow:
         return (x - self.mean) / self.std, 0
 
 
-def epoch_rate(loader) -> float:
-    """Images per second over one full epoch of `loader`."""
+def epoch_rate(loader, device: torch.device) -> float:
+    """Images per second over one full epoch of `loader`, each batch ending on `device`."""
     start, count = time.perf_counter(), 0
     for x, _y in loader:
+        x = x.to(device, non_blocking=True)
         count += x.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return count / (time.perf_counter() - start)
+
+
+def per_image_ms(step, n: int, repeats: int = 3) -> float:
+    """Best-of-`repeats` milliseconds per image of `step()`, which handles `n` images."""
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best / n * 1e3
+
+
+def breakdown(paths: list[Path], presize: int, size: int, bs: int) -> None:
+    """Each stage alone, one thread, ms per image; and the ratio vs plain it caps a pipeline at.
+
+    A pipeline that must run a stage can go no faster than that stage alone, so
+    plain / stage is the best ratio against plain that any pipeline containing it can reach.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cfg = PresizeConfig(presize)
+    paths = paths[: 2 * bs]
+    images = [load_rgb(p, presize) for p in paths]
+    regions = [presize_region(img, cfg) for img in images]
+    squares = torch.randint(0, 256, (bs, 3, presize, presize), dtype=torch.uint8)
+    squares = squares.contiguous(memory_format=torch.channels_last)
+    scratch = torch.empty(squares.shape, memory_format=torch.channels_last)
+    transform = BatchTransform(size=size)
+    plain = PlainPillow(paths, size)
+    stages = {
+        "plain Pillow, whole item": per_image_ms(
+            lambda: [plain[i] for i in range(len(paths))], len(paths)
+        ),
+        "decode (lrkit load_rgb)": per_image_ms(
+            lambda: [load_rgb(p, presize) for p in paths], len(paths)
+        ),
+        "presize resize + crop": per_image_ms(
+            lambda: [presize_image(img, cfg, 0.5, 0.5) for img in images], len(paths)
+        ),
+        "cache read (square copy)": per_image_ms(
+            lambda: [np.array(crop_square(r, 0.3, 0.7)) for r in regions], len(paths)
+        ),
+        "uint8 -> float batch": per_image_ms(lambda: scratch.copy_(squares), bs),
+        "augment: one grid_sample + lighting + normalise": per_image_ms(
+            lambda: transform(scratch, torch.Generator().manual_seed(0)), bs
+        ),
+    }
+    torch.set_num_threads(threads)
+    reference = stages["plain Pillow, whole item"]
+    print(f"per-stage cost, 1 thread, presize {presize} -> size {size}:")
+    for name, ms in stages.items():
+        print(f"  {name:48s} {ms:6.3f} ms/image   caps a pipeline at {reference / ms:5.2f}x plain")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presize", type=int, default=460)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per pipeline")
+    parser.add_argument("--device", default="cpu", help="where batches end (cpu, cuda)")
+    parser.add_argument("--breakdown", action="store_true", help="time each stage alone first")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     torch.manual_seed(0)
     random.seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,8 +183,11 @@ def main(argv: list[str] | None = None) -> None:
             "size": args.size,
             "bs": args.bs,
             "num_workers": args.workers,
+            "device": device,
         }
         warnings.simplefilter("ignore")
+        if args.breakdown:
+            breakdown(paths, args.presize, args.size, args.bs)
         start = time.perf_counter()
         cached = image_dataloaders(folder, cache=Path(tmp) / "cache", **common)  # builds it
         build = time.perf_counter() - start
@@ -132,17 +203,18 @@ def main(argv: list[str] | None = None) -> None:
             "lrkit (warm cache)": cached.train,
         }
         for loader in loaders.values():  # warm-up: workers up, page cache and memory map warm
-            epoch_rate(loader)
+            epoch_rate(loader, device)
         rates: dict[str, list[float]] = {name: [] for name in loaders}
         names = list(loaders)
         for r in range(args.repeats):  # interleaved, starting with a different one each round
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                rates[name].append(epoch_rate(loaders[name]))
+                rates[name].append(epoch_rate(loaders[name], device))
         del loaders, cached
         gc.collect()
     print(
         f"{args.n} JPEGs ~500x375, presize {args.presize}, size {args.size}, bs {args.bs}, "
         f"{args.workers} workers, main-process torch threads {torch.get_num_threads()}, "
+        f"batches on {device}, "
         f"{args.repeats} interleaved epochs each"
     )
     print(f"cache build (once): {build:.2f} s")
