@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lrkit.data.image_input import image_input
+
 STATE_FORMAT = "lrkit-state"
 EXPORT_FORMAT = "lrkit-export"
 VERSION = 1
@@ -184,8 +186,9 @@ def export(
     `thresh` is the multi-label decision threshold `Predictor.predict` will use.
 
     `preprocess` (plain values) says how `predict` turns an image file into a tensor:
-    "size" (resize the short side, then centre-crop; omit to keep the size), "mean"/"std"
-    (per channel, for pixels in [0, 1]) and "channels" (1 or 3).
+    "presize" (the centre square presized as `image_dataloaders` does), "size" (the centre
+    square resized to it; omit both to keep the size), "mean"/"std" (per channel, for pixels
+    in [0, 1]) and "channels" (1 or 3). See `lrkit.data.image_input`.
     """
     kwargs = dict(kwargs or {})
     _check_plain(kwargs, "kwargs")
@@ -225,34 +228,6 @@ class Prediction(NamedTuple):
     probs: torch.Tensor  # (C,) softmax (single label) or sigmoid (multi-label) probabilities
 
 
-def _image_tensor(
-    item: str | Path | Image.Image, preprocess: dict[str, Any] | None
-) -> torch.Tensor:
-    """An image file or PIL image as a (C, H, W) float tensor, resized and normalised."""
-    if preprocess is None:
-        raise ValueError(
-            "this model was exported without image preprocessing, so predict() takes a tensor; "
-            "export with preprocess={'size': ..., 'mean': [...], 'std': [...]} to pass images"
-        )
-    image = item if isinstance(item, Image.Image) else Image.open(item)
-    channels = preprocess.get("channels") or len(preprocess.get("mean") or [0, 0, 0])
-    image = image.convert("L" if channels == 1 else "RGB")
-    size = preprocess.get("size")
-    if size:
-        scale = size / min(image.size)
-        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    x = torch.from_numpy(pixels.reshape(image.height, image.width, -1)).permute(2, 0, 1)  # (C,H,W)
-    if preprocess.get("mean") is not None:
-        mean = torch.tensor(preprocess["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(preprocess["std"], dtype=torch.float32).view(-1, 1, 1)
-        x = (x - mean) / std
-    return x.contiguous()
-
-
 def predict(
     model: nn.Module,
     item: Any,
@@ -264,7 +239,7 @@ def predict(
 ) -> Prediction:
     """Run `model` on one item (tensor without batch dim, image path or PIL image)."""
     if isinstance(item, (str, Path, Image.Image)):
-        x = _image_tensor(item, preprocess)
+        x = image_input(item, preprocess)
     elif isinstance(item, np.ndarray):
         x = torch.from_numpy(item)
     elif isinstance(item, torch.Tensor):

@@ -66,8 +66,13 @@ class VisionLearner(Learner):
         return sweep
 
     def _preprocess(self) -> dict[str, Any] | None:
-        """How an image file becomes a model input: the loaders' size and normalisation."""
+        """How an image file becomes a model input: the valid loader's presize, size and stats."""
         out: dict[str, Any] = {}
+        presize = getattr(
+            getattr(getattr(self.dls.valid, "dataset", None), "cfg", None), "presize", None
+        )
+        if isinstance(presize, int):
+            out["presize"] = presize
         size = getattr(getattr(self.dls.valid, "transform", None), "size", None)
         if size is None:  # in-memory datasets (Fashion-MNIST) carry their size themselves
             size = getattr(getattr(self.dls.valid, "dataset", None), "size", None)

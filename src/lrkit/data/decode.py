@@ -88,11 +88,16 @@ def load_rgb(path: str | Path, min_short: int | None = None) -> Image.Image:
             request = draft_size(*img.size, min_short)
             if request is not None:
                 img.draft("RGB", request)
-        orientation = exif_orientation(img)
         img.load()
-        if orientation in ORIENTATION:
-            img = img.transpose(ORIENTATION[orientation])
-        return to_rgb(img)
+        return upright_rgb(img)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """`img` turned upright by its EXIF orientation tag, as RGB (see `to_rgb`)."""
+    orientation = exif_orientation(img)
+    if orientation in ORIENTATION:
+        img = img.transpose(ORIENTATION[orientation])
+    return to_rgb(img)
 
 
 def _tail(path: Path, n: int = 1024) -> bytes:

@@ -1,0 +1,56 @@
+"""One image (a file or a PIL image) -> the model input the validation loader makes of it.
+
+A prediction must see an image as validation did: upright by its EXIF tag, every mode made
+RGB (transparency on white), the centre square presized as uint8, then resized to `size` and
+normalised by the same batch transform. `preprocess` is the plain dict an exported model
+keeps: "presize", "size", "mean"/"std" and "channels" (see `lrkit.checkpoint.export`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lrkit.data.augment import BatchTransform, normalize
+from lrkit.data.decode import load_rgb, upright_rgb
+from lrkit.data.presize import PresizeConfig, presize_image
+
+
+def centre_square(img: Image.Image) -> np.ndarray:
+    """(S, S, 3) uint8 centre square of `img`, S its short side (presizing without a resize)."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return np.array(img.crop((left, top, left + side, top + side)))
+
+
+def image_input(item: str | Path | Image.Image, preprocess: dict[str, Any] | None) -> torch.Tensor:
+    """(C, size, size) float input for `item`, made as the validation batches were made."""
+    if preprocess is None:
+        raise ValueError(
+            "this model was exported without image preprocessing, so predict() takes a tensor; "
+            "export with preprocess={'size': ..., 'mean': [...], 'std': [...]} to pass images"
+        )
+    presize, size = preprocess.get("presize"), preprocess.get("size")
+    # the same decode as the loader's, JPEG draft scale included
+    image = load_rgb(item, presize) if isinstance(item, (str, Path)) else upright_rgb(item)
+    channels = preprocess.get("channels") or len(preprocess.get("mean") or [0, 0, 0])
+    if presize:
+        pixels = presize_image(image, PresizeConfig(presize), 0.5, 0.5)
+    elif size:
+        pixels = centre_square(image)
+    else:
+        pixels = np.array(image)  # no size stored: the image keeps its own
+    if channels == 1:
+        pixels = np.array(Image.fromarray(pixels).convert("L"))[:, :, None]
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
+    stats = (
+        tuple(preprocess.get("mean") or [0.0] * channels),
+        tuple(preprocess.get("std") or [1.0] * channels),
+    )
+    if size:
+        return BatchTransform(size=size, stats=stats, train=False)(x, torch.Generator())[0]
+    return normalize(x.float().div_(255), stats)[0]  # no size stored: scale and normalise
