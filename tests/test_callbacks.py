@@ -131,6 +131,10 @@ def test_csv_logger_writes_a_flushed_row_per_epoch(tmp_path):
     assert float(rows[1]["valid_loss"]) == pytest.approx(learn.recorder.log[1]["valid_loss"])
     learn.fit(1, 1e-3, cbs=[CSVLogger(path, append=True)])
     assert len(_rows(path)) == 3
+    staged = tmp_path / "staged.csv"
+    learn.fit(1, 1e-3, cbs=[CSVLogger(staged, stage="frozen")])
+    learn.fit(1, 1e-3, cbs=[CSVLogger(staged, append=True, stage="unfrozen")])
+    assert [(r["stage"], r["epoch"]) for r in _rows(staged)] == [("frozen", "0"), ("unfrozen", "0")]
     learn.fit(1, 1e-3, cbs=[CSVLogger(path)])
     assert len(_rows(path)) == 1
 

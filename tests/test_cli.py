@@ -84,7 +84,7 @@ def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
     assert 0 <= record["final"]["error_rate"] <= 1 and record["diverged"] is False
     for name in ("model.lrk", "metrics.csv", "losses.png", "schedule.png", "train.json"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch")
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("stage,epoch")
 
     images = write_pngs(tmp_path)
     predictions, _ = run_json(["predict", str(out / "model.lrk"), *images], capsys)
@@ -232,7 +232,10 @@ def test_train_with_frozen_epochs_keeps_every_epoch_in_the_csv(fashion, tmp_path
             "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path / "run")]  # fmt: skip
     run_json(argv, capsys)
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch") and len(lines) == 1 + 3
+    assert lines[0].startswith("stage,epoch") and len(lines) == 1 + 3
+    assert [line.split(",")[:2] for line in lines[1:]] == [
+        ["frozen", "0"], ["frozen", "1"], ["train", "0"]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -321,11 +321,16 @@ class SaveBestModel(Callback):
 
 
 class CSVLogger(Callback):
-    """Writes the epoch log to a CSV file, one flushed row per epoch, so a crash loses nothing."""
+    """Writes the epoch log to a CSV file, one flushed row per epoch, so a crash loses nothing.
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
+    `stage` (e.g. "frozen", "unfrozen") fills a first column, so the rows of several fits
+    appended to one file say which fit they belong to.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False, stage: str | None = None) -> None:
         self.path = Path(path)
         self.append = append
+        self.stage = stage
         self._file: TextIO | None = None
 
     def before_fit(self, learn: Learner) -> None:
@@ -339,6 +344,8 @@ class CSVLogger(Callback):
         if self._file is None:
             return
         row = {k: ("" if v is None else v) for k, v in learn.epoch_log.items()}
+        if self.stage is not None:
+            row = {"stage": self.stage, **row}
         if self._writer is None:
             self._writer = csv.DictWriter(self._file, fieldnames=list(row))
             if self._needs_header:

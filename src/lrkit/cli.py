@@ -464,25 +464,24 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise UsageError(f"--freeze-epochs must be >= 0, got {args.freeze_epochs}")
     options, dls, learn = _setup(args, console)
     args.out.mkdir(parents=True, exist_ok=True)
-    logger = CSVLogger(args.out / "metrics.csv")
     stages: list[dict[str, Any]] = []
 
-    def fit(epochs: int, lr: float | slice) -> None:
+    def fit(stage: str, epochs: int, lr: float | slice) -> None:
+        # one CSV for both stages: the second appends below the first, a stage column apart
+        logger = CSVLogger(args.out / "metrics.csv", append=bool(stages), stage=stage)
         if args.schedule == "one-cycle":
             learn.fit_one_cycle(epochs, lr, cbs=[logger])
         else:
             learn.fit(epochs, lr, cbs=[logger])
+        stages.append({"stage": stage, "epochs": epochs, "lr": _describe(lr)})
 
     if args.freeze_epochs > 0:
         learn.freeze()
         lr, _ = _resolve_lr(spec, learn, args, "frozen")
-        fit(args.freeze_epochs, lr)
-        stages.append({"stage": "frozen", "epochs": args.freeze_epochs, "lr": _describe(lr)})
-        logger.append = True  # the second stage adds its rows below the first stage's
+        fit("frozen", args.freeze_epochs, lr)
         learn.unfreeze()
     lr, _ = _resolve_lr(spec, learn, args, "unfrozen" if args.freeze_epochs else "train")
-    fit(args.epochs, lr)
-    stages.append({"stage": "train", "epochs": args.epochs, "lr": _describe(lr)})
+    fit("train", args.epochs, lr)
 
     learn.recorder.plot_losses(args.out / "losses.png")
     learn.recorder.plot_schedule(args.out / "schedule.png")
