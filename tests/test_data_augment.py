@@ -151,3 +151,15 @@ def test_light_and_normalize_is_clamp_then_normalize() -> None:
     ref = augment.normalize(ref, augment.IMAGENET_STATS)
     out = augment.light_and_normalize(x.clone(), scale, shift, augment.IMAGENET_STATS)
     torch.testing.assert_close(out, ref)
+
+
+def test_validation_resize_of_uint8_is_within_a_grey_level_of_the_float_resize() -> None:
+    g = torch.Generator().manual_seed(5)
+    pixels = torch.randint(0, 256, (2, 3, 60, 60), dtype=torch.uint8, generator=g)
+    valid = BatchTransform(size=24, train=False, stats=((0.0,) * 3, (1.0,) * 3))
+    from_uint8 = valid(pixels.contiguous(memory_format=torch.channels_last), g)
+    from_float = valid(pixels.float(), g)
+    assert from_uint8.dtype == torch.float32 and from_uint8.shape == (2, 3, 24, 24)
+    difference = (from_uint8 - from_float).abs()
+    assert difference.max() <= 1 / 255 and difference.mean() < 0.4 / 255  # rounded, not shifted
+    assert not torch.equal(from_uint8, from_float)  # the uint8 kernel really ran

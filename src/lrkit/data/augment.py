@@ -200,12 +200,16 @@ class BatchTransform:
                 return light_and_normalize(x, scale / 255, shift, self.stats)
             return normalize(x.mul_(1 / 255), self.stats)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(
-                x if x.is_floating_point() else x.float(),
-                size=(self.size, self.size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-            return normalize(x.mul_(1 / 255), self.stats)
+            x = resize_batch(x, self.size)
         return normalize(x.mul(1 / 255), self.stats)  # a new tensor: the input stays as it was
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, size, size) antialiased bilinear resize of 0..255 pixels.
+
+    uint8 on a CPU stays uint8: torch's uint8 kernel is about ten times its float one there,
+    and it rounds to whole pixel values as the presize step does. Elsewhere it runs in float.
+    """
+    if x.dtype != torch.uint8 or x.device.type != "cpu":
+        x = x if x.is_floating_point() else x.float()
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -157,6 +157,8 @@ class BatchBuilder:
         if self.transform is None:
             return self.items.batch_pixels(items), y, torch.tensor(seed)
         g = torch.Generator().manual_seed(seed)
+        if not self.transform.train:  # validation resizes uint8 (see augment.resize_batch)
+            return self.transform(self.items.batch_pixels(items), g), y
         return self.transform(self._float_pixels(items), g), y
 
 
