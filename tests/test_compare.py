@@ -14,7 +14,9 @@ from lrkit.compare import (
     Comparison,
     RuleRun,
     compare_rules,
+    ended_worse,
     rule_table,
+    untrained_loss,
     write_comparison,
 )
 
@@ -114,3 +116,19 @@ def test_a_run_that_blows_up_is_marked_diverged():
     assert reckless.diverged and reckless.note
     assert not minimum.diverged
     assert comparison.best() is minimum
+
+
+def test_untrained_loss_is_the_mean_and_spread_of_the_first_tenth():
+    losses = [2.0, 2.2, 1.8, 2.0] + [1.0] * 36  # 40 points: the first 4 are the untrained tenth
+    level, noise = untrained_loss(losses)
+    assert level == pytest.approx(2.0) and noise == pytest.approx(math.sqrt(0.02))
+    assert untrained_loss([3.0, math.nan, 1.0]) == (2.0, 1.0)  # non-finite points left out
+    assert untrained_loss([]) == (math.inf, 0.0)
+
+
+def test_only_a_loss_clearly_above_the_untrained_one_counts_as_worse():
+    raw = [2.0, 2.2, 1.8, 2.0] + [1.0] * 36  # untrained 2.0 +- 0.14 (batch-to-batch)
+    assert not ended_worse(2.1, raw)  # a run that barely moved: above raw[0], inside the noise
+    assert ended_worse(2.5, raw)
+    assert not ended_worse(1.2, raw)
+    assert ended_worse(2.0001, [2.0])  # one point: no noise to allow for

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lrkit import suggest
 from lrkit.learner import Learner
@@ -164,6 +167,44 @@ def _suggestion(range_test: LRFindResult, rule: str) -> float:
         return math.nan
 
 
+def untrained_loss(raw_losses: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard deviation) of the loss before training, from a range test's first
+    tenth (at least 3 points): at its tiny starting lrs the weights have barely moved.
+
+    Infinite mean when there is no point; no spread from a single point.
+    """
+    head = np.asarray(raw_losses[: max(3, len(raw_losses) // 10)], dtype=float)
+    head = head[np.isfinite(head)]
+    if head.size == 0:
+        return math.inf, 0.0
+    return float(head.mean()), float(head.std())
+
+
+def ended_worse(train_loss: float, raw_losses: Sequence[float]) -> bool:
+    """Whether training ended clearly above the untrained loss: by more than twice the
+    batch-to-batch spread, so a run at an lr too small to move anything is not counted."""
+    untrained, noise = untrained_loss(raw_losses)
+    return train_loss > untrained + 2 * noise
+
+
+def divergence(
+    learn: Learner,
+    train_loss: float | None,
+    valid_loss: float | None,
+    untrained_losses: Sequence[float],
+) -> str | None:
+    """Why a finished run went haywire, or None: a stop on a non-finite loss, a non-finite
+    final loss, or training that ended clearly above the loss it started from."""
+    if learn.diverged:
+        return learn.stop_reason or "training stopped on a non-finite loss"
+    if any(v is not None and not math.isfinite(v) for v in (train_loss, valid_loss)):
+        return f"the final loss is not finite (train {train_loss}, valid {valid_loss})"
+    if train_loss is not None and ended_worse(train_loss, untrained_losses):
+        untrained = untrained_loss(untrained_losses)[0]
+        return f"the training loss ended at {train_loss:.3g}, above the untrained {untrained:.3g}"
+    return None
+
+
 def _train_at_rule(
     learn: Learner, range_test: LRFindResult, rule: str, lr: float, config: CompareConfig
 ) -> RuleRun:
@@ -178,30 +219,19 @@ def _train_at_rule(
     seconds = time.perf_counter() - began
     log = learn.recorder.log
     valid_loss, train_loss = _final(log, "valid_loss"), _final(log, "train_loss")
-    # Went haywire: a NaN stop, a non-finite loss, or training ending worse than it started.
-    untrained = float(range_test.raw_losses[0]) if len(range_test.raw_losses) else math.inf
-    worse = train_loss is not None and train_loss > untrained
-    diverged = (
-        learn.diverged
-        or (valid_loss is not None and not math.isfinite(valid_loss))
-        or (train_loss is not None and not math.isfinite(train_loss))
-        or worse
-    )
-    note = learn.stop_reason or ""
-    if worse and not note:
-        note = f"the training loss ended at {train_loss:.3g}, above the untrained {untrained:.3g}"
+    reason = divergence(learn, train_loss, valid_loss, range_test.raw_losses)
     skip = {"epoch", "train_loss", "valid_loss", "time"}
     metrics = {key: _final(log, key) for key in (log[-1] if log else {}) if key not in skip}
     return RuleRun(
         rule=rule,
         lr=lr,
-        diverged=diverged,
+        diverged=reason is not None,
         train_loss=train_loss,
         valid_loss=valid_loss,
         metrics=metrics,
         seconds=seconds,
         valid_losses=[row.get("valid_loss") for row in log],
-        note=note if diverged else "",
+        note=reason or "",
     )
 
 
