@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lrkit
 from data_fixtures import PETS_IMAGES, make_pets
 from lrkit.data.augment import BatchTransform
 from lrkit.data.cache import PresizeCache
@@ -93,3 +94,18 @@ def test_workers_give_the_same_batches_with_the_cache(pets_root: Path, tmp_path:
             pairs = zip(getattr(serial, split), getattr(parallel, split), strict=True)
             for a, b in pairs:
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_training_batches_are_whole_so_batchnorm_never_sees_one_image(pets_root: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JunkWarning)
+        dls = image_dataloaders(
+            pets_root / "images", presize=32, size=24, bs=5, valid_pct=0.5, num_workers=0
+        )
+    assert dls.n_train % 5 == 1  # 6 training images: the old last batch held one
+    assert [len(x) for x, _ in dls.train] == [5]
+    assert sum(len(x) for x, _ in dls.valid) == dls.n_valid  # validation keeps every item
+    torch.manual_seed(0)
+    learn = lrkit.vision_learner(dls, "resnet18", pretrained=False, progress=False)
+    learn.fit(1, 1e-3)  # BatchNorm in training mode fails on a batch of one
+    assert len(learn.recorder.log) == 1

@@ -18,6 +18,15 @@ def length_or_none(obj: Any) -> int | None:
         return None
 
 
+def drops_last_train_batch(n_items: int, bs: int) -> bool:
+    """Whether a training loader drops its last, partial batch: yes once one full batch exists.
+
+    A last batch of one image breaks BatchNorm in training mode, and a tiny batch is a noisy
+    step; with shuffling, every item still gets its turn over the epochs.
+    """
+    return n_items >= bs
+
+
 class DataLoaders:
     """A train loader, an optional valid loader and the class names (`vocab`).
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lrkit.data.dataloaders import DataLoaders
+from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.download import DownloadError, Remote, cache_dir, download
 from lrkit.data.idx import read_idx
 from lrkit.data.subset import balanced_subset
@@ -175,7 +175,13 @@ def array_dataloaders(
     generator = torch.Generator().manual_seed(seed)
     common = {"batch_size": bs, "num_workers": num_workers, "collate_fn": _whole_batch}
     return DataLoaders(
-        DataLoader(datasets[0], shuffle=True, generator=generator, **common),
+        DataLoader(
+            datasets[0],
+            shuffle=True,
+            generator=generator,
+            drop_last=drops_last_train_batch(len(datasets[0]), bs),
+            **common,
+        ),
         DataLoader(datasets[1], shuffle=False, **common),
         vocab=vocab,
         stats=((MEAN,) * channels, (STD,) * channels),

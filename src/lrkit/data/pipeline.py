@@ -17,7 +17,7 @@ import torch
 
 from lrkit.data.augment import IMAGENET_STATS, AugConfig, BatchTransform
 from lrkit.data.cache import PresizeCache
-from lrkit.data.dataloaders import DataLoaders
+from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.decode import Junk, check_image
 from lrkit.data.download import cache_dir
 from lrkit.data.items import get_image_files
@@ -131,6 +131,7 @@ def build_dataloaders(
                 seed=seed,
                 num_workers=workers,
                 device=device,
+                drop_last=not valid and drops_last_train_batch(len(dataset), bs),
             )
         )
     return DataLoaders(
