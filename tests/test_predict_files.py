@@ -25,9 +25,10 @@ ODD_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A small vision learner on the Pets-like fixture, exported, and its valid loader."""
+@pytest.fixture(scope="module", params=[False, True], ids=["no-cache", "cache"])
+def exported(request, tmp_path_factory):
+    """A small vision learner on the Pets-like fixture (with and without the presize cache),
+    and the same learner exported and loaded back."""
     root = tmp_path_factory.mktemp("pets")
     make_pets(root)
     with warnings.catch_warnings():
@@ -40,6 +41,7 @@ def exported(tmp_path_factory):
             size=24,
             bs=3,
             num_workers=0,
+            cache=root / "cache" if request.param else False,
         )
     torch.manual_seed(0)
     learn = lrkit.vision_learner(dls, "resnet18", pretrained=False, progress=False)

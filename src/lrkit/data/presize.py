@@ -1,12 +1,12 @@
 """Presizing: each item once to a square of `presize` pixels, uint8, before batch augmentation.
 
-Geometry (shared by the direct path and the cache so both give the same pixels): the usable
-region is the centre of the image with an aspect ratio of at most `max_aspect` (the long side
-is trimmed); a square with side = the region's short side is cropped from it at position
-(u, v) in [0, 1] (0.5, 0.5 = centre; random for training) and resized to `presize`.
+Geometry (one route for the direct path and the cache, so both give the same pixels): the
+usable region is the centre of the image with an aspect ratio of at most `max_aspect` (the
+long side is trimmed); it is resized so its short side is `presize`, and the square is cut
+from it at position (u, v) in [0, 1] (0.5, 0.5 = centre; random for training).
 
 The resize is torch's antialiased bilinear on uint8 (Pillow's BILINEAR filter, about three
-times faster here); crops are whole source pixels.
+times faster here); crops are whole pixels of the presized region.
 """
 
 from __future__ import annotations
@@ -61,16 +61,6 @@ def resize_rgb(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[0].permute(1, 2, 0).numpy()  # channels_last memory: already (H, W, 3) in order
 
 
-def presize_image(img: Image.Image, cfg: PresizeConfig, u: float, v: float) -> np.ndarray:
-    """(presize, presize, 3) uint8: the square at (u, v) of the region, resized in one step."""
-    left, top, right, bottom = region_box(*img.size, cfg.max_aspect)
-    side = min(right - left, bottom - top)
-    x0 = left + round(square_offset(right - left, side, u))
-    y0 = top + round(square_offset(bottom - top, side, v))
-    square = np.array(img.crop((x0, y0, x0 + side, y0 + side)))  # (side, side, 3), contiguous
-    return resize_rgb(square, cfg.presize, cfg.presize)
-
-
 def presize_region(img: Image.Image, cfg: PresizeConfig) -> np.ndarray:
     """(H, W, 3) uint8: the whole region with its short side at `presize` (what the cache keeps)."""
     height, width = region_shape(*img.size, cfg)
@@ -85,3 +75,12 @@ def crop_square(region: np.ndarray, u: float, v: float) -> np.ndarray:
     y0 = round(square_offset(height, side, v))
     x0 = round(square_offset(width, side, u))
     return region[y0 : y0 + side, x0 : x0 + side]
+
+
+def presize_image(img: Image.Image, cfg: PresizeConfig, u: float, v: float) -> np.ndarray:
+    """(presize, presize, 3) uint8: the square at (u, v) of the presized region.
+
+    The region is resized whole, then cropped: the very pixels the cache keeps and crops, so
+    a run gives the same batches with and without the cache.
+    """
+    return crop_square(presize_region(img, cfg), u, v)
