@@ -245,6 +245,9 @@ def test_train_with_frozen_epochs_keeps_every_epoch_in_the_csv(fashion, tmp_path
         (["find", "--data", "{images}", "--label-re", "("], "("),
         (["predict", "{model}", "{text}"], "model.lrk"),
         (["find", "--out", "{text}"], "is a file"),
+        (["find", "--data", "{images}", "--size", "1"], "at least 8 pixels"),
+        # every file left out: the list of why comes before the error line
+        (["find", "--data", "{images}", "--label-re", r"^zzz(\d)"], "does not match"),
     ],
 )
 def test_more_bad_input_exits_2_without_a_traceback(argv, message, pets_root, tmp_path, capsys):
@@ -254,6 +257,7 @@ def test_more_bad_input_exits_2_without_a_traceback(argv, message, pets_root, tm
     model.write_bytes(b"not a model")
     fill = {"{images}": str(pets_root / "images"), "{model}": str(model), "{text}": str(text)}
     code = main([fill.get(arg, arg) for arg in argv])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
-    assert message in err and "Traceback" not in err
+    assert message in out + err and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err  # the reason, on one line

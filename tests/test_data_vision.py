@@ -30,7 +30,13 @@ from lrkit.data.presize import (
     resize_rgb,
 )
 from lrkit.data.splits import random_split, split_by_folder, split_from_names
-from lrkit.vision import BadImagesError, JunkWarning, get_image_files, image_dataloaders
+from lrkit.vision import (
+    BadImagesError,
+    JunkWarning,
+    csv_dataloaders,
+    get_image_files,
+    image_dataloaders,
+)
 
 SMALL = {"presize": 32, "size": 24, "bs": 4, "num_workers": 0}
 
@@ -284,3 +290,35 @@ def test_presize_resize_matches_pillow_bilinear() -> None:
         pil = Image.fromarray(noisy).resize((width, height), Image.Resampling.BILINEAR)
         assert ours.shape == (height, width, 3)
         assert np.abs(ours - np.asarray(pil, dtype=float)).mean() < 1.0
+
+
+def test_settings_that_cannot_make_a_classifier_are_refused(
+    pets_root: Path, tmp_path: Path
+) -> None:
+    folder = pets_root / "images"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JunkWarning)
+        with pytest.raises(ValueError, match="needs two classes"):  # forgot label_re: one folder
+            image_dataloaders(folder, label_from_folder=True, **SMALL)
+        with pytest.raises(ValueError, match="train_names needs valid_names"):
+            image_dataloaders(folder, train_names=["Abyssinian_1"], **SMALL)
+        with pytest.raises(ValueError, match="at least 8 pixels"):
+            image_dataloaders(folder, presize=32, size=1, bs=4, num_workers=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no image files under .*empty"):
+        image_dataloaders(tmp_path / "empty", **SMALL)
+
+
+def test_a_file_listed_twice_with_other_labels_in_a_csv_is_refused(
+    pets_root: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "labels.csv"
+    rows = "fname,labels\nAbyssinian_1.jpg,cat\ngreat_pyrenees_2.jpeg,dog\n"
+    csv.write_text(rows + "Abyssinian_1.jpg,cat\n")  # the same row twice is harmless
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JunkWarning)
+        dls = csv_dataloaders(pets_root / "images", csv, valid_pct=0.5, **SMALL)
+        assert dls.n_train + dls.n_valid == 2
+        csv.write_text(rows + "Abyssinian_1.jpg,dog\n")
+        with pytest.raises(ValueError, match=r"Abyssinian_1\.jpg is listed twice"):
+            csv_dataloaders(pets_root / "images", csv, valid_pct=0.5, **SMALL)

@@ -55,7 +55,10 @@ def _read(path: str | Path, device: torch.device | str) -> Any:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable lrkit/torch weights file: {err}") from err
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"{path} is not a readable lrkit/torch weights file ({first_line})"
+        ) from err
 
 
 def save_state(model: nn.Module, opt: torch.optim.Optimizer | None, path: str | Path) -> Path:

@@ -348,9 +348,11 @@ def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any
     args.dataset = options.dataset
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", JunkWarning)
-        dls = load_data(options)
-    for warning in caught:  # the pipeline's list of left-out files, as plain lines
-        console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+        try:
+            dls = load_data(options)
+        finally:  # the list of left-out files, as plain lines; above the error when it fails
+            for warning in caught:
+                console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     learn = make_learner(args, dls, console)
     console.print(
         f"{learn.model.__class__.__name__} ({args.arch or 'default arch'}) on "

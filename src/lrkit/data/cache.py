@@ -1,9 +1,9 @@
 """The presize cache: presized uint8 regions of every item in one memory-mapped file.
 
-`index.json` maps each file (by resolved path, byte size and mtime) to its offset and shape in
-`data.u8`, together with the presize settings and a crc32 per entry. Anything that does not
-match (other settings, an unreadable index, a short data file, a changed source file) is
-decoded again; a crc mismatch on read falls back to decoding the source. The cache is
+`index.json` maps each file (by resolved path, byte size, mtime and ctime) to its offset and
+shape in `data.u8`, together with the presize settings and a crc32 per entry. Anything that
+does not match (other settings, an unreadable index, a short data file, a changed source file)
+is decoded again; a crc mismatch on read falls back to decoding the source. The cache is
 never trusted blindly, so it is never silently wrong.
 """
 
@@ -23,13 +23,16 @@ import torch
 from lrkit.data.decode import Junk, load_rgb
 from lrkit.data.presize import PresizeConfig, presize_region
 
-VERSION = 2  # 2: presizing resizes with torch (antialiased bilinear) instead of Pillow
+VERSION = 3  # 2: presizing resizes with torch instead of Pillow; 3: ctime in the file key
 
 
-def file_key(path: Path) -> tuple[str, int, int]:
-    """(resolved path, size in bytes, mtime in ns): what identifies a source file's content."""
+def file_key(path: Path) -> tuple[str, int, int, int]:
+    """(resolved path, size in bytes, mtime in ns, ctime in ns): what identifies a source
+    file's content. Copies that keep the mtime (`cp -p`, `rsync -t`, tar) can replace a file
+    with one of the same size; the ctime is set by the system on every write and no user tool
+    can set it back, so such a replacement is still noticed and decoded again."""
     stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def _decode_region(task: tuple[Path, PresizeConfig]) -> np.ndarray | str:

@@ -8,6 +8,7 @@ a reduced scale (draft mode), which skips most of the decoding work.
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,12 @@ class Junk:
 
 
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit L, keeping the full range visible."""
+    """16/32-bit integer or float greyscale -> 8-bit L; 16-bit modes scale by 65535."""
     values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16") or (
-        values.max(initial=0) <= 65535 and values.min(initial=0) >= 0
-    ):
+    if img.mode.startswith("I;16"):  # 16-bit storage: one scale for all, so dark stays dark
+        scaled = values / 65535.0 * 255
+    elif values.max(initial=0) <= 65535 and values.min(initial=0) >= 0:
+        # mode I or F: the bit depth is unknown, so guess it from this image's range
         top = 255.0 if values.max(initial=0) <= 255 else 65535.0
         scaled = values / top * 255
     else:  # arbitrary range (mode F, signed I): stretch min..max to 0..255
@@ -106,14 +108,62 @@ def _tail(path: Path, n: int = 1024) -> bytes:
         return f.read()
 
 
+def _jpeg_has_end(data: bytes | mmap.mmap) -> bool:
+    """Whether the JPEG's end-of-image marker follows its image data, wherever it is.
+
+    The header segments are skipped by their lengths first: an EXIF thumbnail there carries
+    an end marker of its own, which must not make a cut-off photo look complete.
+    """
+    pos = 2  # after the start-of-image marker
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xDA:  # start of scan: the image data, then the end marker
+            break
+        elif marker == 0xD9:
+            return True
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return data.find(b"\xff\xd9", pos) >= 0
+
+
+def _png_has_end(data: bytes | mmap.mmap) -> bool:
+    """Whether the PNG's chunks, followed by their lengths, reach an IEND chunk in the file."""
+    pos = 8  # after the signature
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"IEND":
+            return True
+        pos += 12 + length  # length, type, data, crc
+    return False
+
+
+def _has_end(path: Path, fmt: str) -> bool:
+    """Whether a JPEG or PNG ends properly. The last kilobyte settles almost every file; the
+    few that carry bytes after the end (a motion photo's video, padding) are memory-mapped
+    and walked."""
+    if (b"\xff\xd9" if fmt == "JPEG" else b"IEND") in _tail(path):
+        return True
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _jpeg_has_end(data) if fmt == "JPEG" else _png_has_end(data)
+
+
 def check_image(path: str | Path, full: bool = False) -> str | None:
     """Why `path` cannot be used as an image (None when it looks fine).
 
-    The quick check reads the header and, for JPEG and PNG, looks for the end marker in the
-    last kilobyte, which catches truncated files without decoding; `full=True` decodes.
+    The quick check reads the header and, for JPEG and PNG, looks for the end marker (in the
+    last kilobyte, else after the image data, as files may carry trailing bytes), which catches
+    truncated files without decoding; `full=True` decodes.
     """
     path = Path(path)
     try:
+        if not path.exists():  # follows links: a dangling one lands here
+            if path.is_symlink():
+                return f"broken link: its target {path.readlink()} does not exist"
+            return "file not found"
+        if not path.is_file():  # a folder, pipe or device: opening a pipe would hang
+            return "not a regular file (a folder, pipe or device)"
         if path.stat().st_size == 0:
             return "empty file"
         with Image.open(path) as img:
@@ -122,12 +172,12 @@ def check_image(path: str | Path, full: bool = False) -> str | None:
                 return f"image has zero size {width}x{height}"
             if full:
                 img.load()
+        if not full and fmt == "JPEG" and not _has_end(path, fmt):
+            return "truncated JPEG (no end-of-image marker)"
+        if not full and fmt == "PNG" and not _has_end(path, fmt):
+            return "truncated PNG (no IEND chunk)"
     except UnidentifiedImageError:
         return "not an image Pillow can read"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"unreadable: {err}"
-    if not full and fmt == "JPEG" and b"\xff\xd9" not in _tail(path):
-        return "truncated JPEG (no end-of-image marker)"
-    if not full and fmt == "PNG" and b"IEND" not in _tail(path):
-        return "truncated PNG (no IEND chunk)"
     return None

@@ -66,10 +66,19 @@ def read_label_csv(
     label_delim: str | None = None,
     valid_col: int | str | None = None,
 ) -> list[tuple[str, list[str], bool]]:
-    """Rows of (file name, labels, is_valid) from a CSV with a header row."""
+    """Rows of (file name, labels, is_valid) from a CSV with a header row.
+
+    The file must be UTF-8; a byte-order mark (as Excel writes) is dropped from the header.
+    """
     csv_path = Path(csv_path)
-    with open(csv_path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{csv_path} is not UTF-8 (byte {err.start}: {err.reason}); "
+            "save it as UTF-8 (in Excel: 'CSV UTF-8') and try again"
+        ) from None
     if not rows:
         raise ValueError(f"{csv_path} is empty; it needs a header row and one row per file")
     header, body = rows[0], rows[1:]

@@ -20,7 +20,7 @@ from lrkit.data.cache import PresizeCache
 from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.decode import Junk, check_image
 from lrkit.data.download import cache_dir
-from lrkit.data.items import get_image_files
+from lrkit.data.items import IMAGE_EXTENSIONS, get_image_files
 from lrkit.data.labels import (
     LabelError,
     Labeller,
@@ -93,6 +93,8 @@ def build_dataloaders(
     """DataLoaders for items already checked, labelled and split (`is_valid` mask)."""
     if not paths:
         raise ValueError("no usable images left; see the list of left-out files above")
+    if size < 8 or presize < 8:
+        raise ValueError(f"size and presize must be at least 8 pixels, got {size} and {presize}")
     junk = list(junk)
     cfg = PresizeConfig(presize=presize)
     workers = default_num_workers() if num_workers is None else num_workers
@@ -108,6 +110,12 @@ def build_dataloaders(
             paths, labels, is_valid = [paths[i] for i in ok], [labels[i] for i in ok], is_valid[ok]
             store = store.subset(ok)
     vocab = list(vocab) if vocab is not None else make_vocab(labels)
+    if not multi_label and len(vocab) < 2:
+        raise ValueError(
+            f"all {len(paths)} images have the label {vocab[0] if vocab else None!r}: a "
+            "classifier needs two classes or more; check label_re (Pets-style file names), "
+            "label_from_folder or the CSV's label column"
+        )
     index = {name: i for i, name in enumerate(vocab)}
     if multi_label:
         targets = torch.zeros(len(paths), len(vocab))
@@ -204,8 +212,14 @@ def image_dataloaders(
         raise ValueError(f'on_junk must be "skip" or "error", got {on_junk!r}')
     folder = Path(folder)
     labeller = _choose_labeller(label_re, label_func, label_from_folder)
-    paths, labels, junk = check_items(get_image_files(folder), labeller, full_check)
+    files = get_image_files(folder)
+    if not files:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"no image files under {folder} (looked for {extensions})")
+    paths, labels, junk = check_items(files, labeller, full_check)
     _raise_or_warn(junk, on_junk, folder)
+    if train_names is not None and valid_names is None:
+        raise ValueError("train_names needs valid_names too (the split is made from both lists)")
     if split_folders is not None:
         is_valid, keep = split_by_folder(paths, folder, *split_folders)
     elif valid_names is not None:
@@ -274,6 +288,11 @@ def csv_dataloaders(
             junk.append(Junk(path, f"listed in {Path(csv).name} but missing"))
         elif not item_labels and not multi_label:
             junk.append(Junk(path, f"no label in {Path(csv).name}"))
+        elif path in listed and listed[path] != (item_labels, valid):
+            raise ValueError(
+                f"{csv}: {name} is listed twice, as {listed[path]} and {(item_labels, valid)} "
+                "(labels, valid); keep one row per file"
+            )
         else:
             listed[path] = (item_labels, valid)
     paths, _, bad = check_items(listed, None, full_check)

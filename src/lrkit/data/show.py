@@ -71,7 +71,13 @@ def show_batch(
     loader = dls.train if split == "train" else dls.valid
     if loader is None:
         raise ValueError(f"these DataLoaders have no {split} loader to show")
-    x, y = peek_batch(loader)[:2]
+    try:
+        x, y = peek_batch(loader)[:2]
+    except StopIteration:  # an empty loader yields no batch at all
+        raise ValueError(
+            f"the {split} split has no items to show; show the other split, or give this one "
+            "items (e.g. valid_pct > 0 for a validation split)"
+        ) from None
     images = to_display(x[:n], dls.stats)
     labels = label_names(y[:n], dls.vocab, dls.multi_label)
     return show_batch_figure(images, labels, path=path)
