@@ -246,6 +246,7 @@ def test_train_with_frozen_epochs_keeps_every_epoch_in_the_csv(fashion, tmp_path
         (["predict", "{model}", "{text}"], "model.lrk"),
         (["find", "--out", "{text}"], "is a file"),
         (["find", "--data", "{images}", "--size", "1"], "at least 8 pixels"),
+        (["find", "--dataset", "pets", "--label-re", "x"], "Pets names its breeds"),
         # every file left out: the list of why comes before the error line
         (["find", "--data", "{images}", "--label-re", r"^zzz(\d)"], "does not match"),
     ],

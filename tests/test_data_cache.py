@@ -130,3 +130,18 @@ def test_pipeline_with_cache_matches_without(tmp_path: Path, images: list[Path])
             assert torch.equal(a[0], b[0]) and torch.equal(b[0], c[0]) and torch.equal(a[1], b[1])
     xb, _yb = next(iter(cached.train))
     assert xb.shape == (4, 3, 24, 24) and torch.isfinite(xb).all()
+
+
+def test_an_unwritable_cache_folder_means_no_cache_and_a_warning(
+    tmp_path: Path, images: list[Path]
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the cache folder would go")
+    common = {"presize": 32, "size": 24, "bs": 4, "num_workers": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JunkWarning)
+        with pytest.warns(UserWarning, match="cannot be written .* going on without it"):
+            dls = image_dataloaders(images[0].parent, cache=blocker / "cache", **common)
+        plain = image_dataloaders(images[0].parent, **common)
+    for a, b in zip(dls.train, plain.train, strict=True):
+        assert torch.equal(a[0], b[0])  # the same batches as without a cache

@@ -56,6 +56,8 @@ def test_bad_arguments_are_named(pets_root, tmp_path: Path) -> None:
         lrkit.datasets.pets(root, label="colour")
     with pytest.raises(FileNotFoundError, match="no images/ folder"):
         lrkit.datasets.pets(tmp_path)
+    with pytest.raises(ValueError, match="valid_pct goes with split='random'"):
+        lrkit.datasets.pets(root, valid_pct=0.3)
 
 
 def archive(root: Path, folder: str) -> bytes:

@@ -304,6 +304,8 @@ def test_settings_that_cannot_make_a_classifier_are_refused(
             image_dataloaders(folder, train_names=["Abyssinian_1"], **SMALL)
         with pytest.raises(ValueError, match="at least 8 pixels"):
             image_dataloaders(folder, presize=32, size=1, bs=4, num_workers=0)
+        with pytest.raises(ValueError, match="has 2 labels"):  # single-label data, two labels
+            image_dataloaders(folder, label_func=lambda path: ["cat", "dog"], **SMALL)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no image files under .*empty"):
         image_dataloaders(tmp_path / "empty", **SMALL)

@@ -87,6 +87,8 @@ def load_data(options: DataOptions) -> DataLoaders:
         "seed": options.seed,
     }
     if options.dataset == "pets":
+        if options.label_re is not None or options.labels is not None:
+            raise UsageError("--label-re and --labels are for --data DIR; Pets names its breeds")
         if options.valid_pct is not None:
             return pets(options.data, split="random", valid_pct=options.valid_pct, **images)
         return pets(options.data, **images)

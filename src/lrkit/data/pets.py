@@ -68,10 +68,17 @@ def pets(
     root = pets_folder(path)
     labelling = {"label_func": species_of} if label == "species" else {"label_re": PETS_LABEL_RE}
     if split == "official":
+        if "valid_pct" in kwargs:
+            raise ValueError(
+                "valid_pct goes with split='random'; the official split is trainval.txt / test.txt"
+            )
         lists = root / "annotations"
         for name in ("trainval.txt", "test.txt"):
             if not (lists / name).is_file():
-                raise FileNotFoundError(f"{lists / name} is missing; use split='random'")
+                raise FileNotFoundError(
+                    f"{lists / name} is missing; use a random split (split='random', or "
+                    "--valid-pct on the command line)"
+                )
         kwargs["train_names"] = read_name_list(lists / "trainval.txt")
         kwargs["valid_names"] = read_name_list(lists / "test.txt")
     return image_dataloaders(root / "images", **labelling, **kwargs)

@@ -71,6 +71,23 @@ def _cache_folder(cache: bool | str | Path, paths: Sequence[Path], cfg: PresizeC
     return Path(cache)
 
 
+def _built_cache(
+    folder: Path, cfg: PresizeConfig, paths: Sequence[Path], workers: int
+) -> tuple[PresizeCache | None, list[Junk]]:
+    """(the built cache, files it could not decode); no cache, with a warning, when the
+    folder cannot be written: the cache only saves time, so training goes on without it."""
+    store = PresizeCache(folder, cfg)
+    try:
+        return store, store.build(paths, num_workers=workers)
+    except OSError as err:
+        warnings.warn(
+            f"the presize cache cannot be written at {folder} ({err}); going on without it "
+            "(pass cache= a writable folder to keep decoded images between runs)",
+            stacklevel=4,
+        )
+        return None, []
+
+
 def build_dataloaders(
     paths: Sequence[Path],
     labels: Sequence[list[str]],
@@ -100,8 +117,7 @@ def build_dataloaders(
     workers = default_num_workers() if num_workers is None else num_workers
     store = None
     if cache:
-        store = PresizeCache(_cache_folder(cache, paths, cfg), cfg)
-        failed = store.build(paths, num_workers=workers)
+        store, failed = _built_cache(_cache_folder(cache, paths, cfg), cfg, paths, workers)
         if failed:  # undecodable after passing the quick check: left out like the rest
             _raise_or_warn(failed, on_junk, None)
             junk += failed
@@ -109,6 +125,15 @@ def build_dataloaders(
             ok = [i for i, p in enumerate(paths) if p not in bad]
             paths, labels, is_valid = [paths[i] for i in ok], [labels[i] for i in ok], is_valid[ok]
             store = store.subset(ok)
+    if not multi_label:
+        several = next(
+            ((p, lab) for p, lab in zip(paths, labels, strict=True) if len(lab) != 1), None
+        )
+        if several is not None:
+            raise ValueError(
+                f"{several[0].name} has {len(several[1])} labels {several[1]} but the data is "
+                "single-label; return one label per image, or use multi_label=True"
+            )
     vocab = list(vocab) if vocab is not None else make_vocab(labels)
     if not multi_label and len(vocab) < 2:
         raise ValueError(
