@@ -88,6 +88,25 @@ def _built_cache(
         return None, []
 
 
+def _check_single_label(
+    paths: Sequence[Path], labels: Sequence[list[str]], vocab: Sequence[str]
+) -> None:
+    """Refuse single-label data a classifier cannot learn from: an image with several labels,
+    or one class for all (a forgotten label_re labels every image by its folder)."""
+    for path, item_labels in zip(paths, labels, strict=True):
+        if len(item_labels) != 1:
+            raise ValueError(
+                f"{path.name} has {len(item_labels)} labels {item_labels} but the data is "
+                "single-label; return one label per image, or use multi_label=True"
+            )
+    if len(vocab) < 2:
+        raise ValueError(
+            f"all {len(paths)} images have the label {vocab[0] if vocab else None!r}: a "
+            "classifier needs two classes or more; check label_re (Pets-style file names), "
+            "label_from_folder or the CSV's label column"
+        )
+
+
 def build_dataloaders(
     paths: Sequence[Path],
     labels: Sequence[list[str]],
@@ -125,22 +144,9 @@ def build_dataloaders(
             ok = [i for i, p in enumerate(paths) if p not in bad]
             paths, labels, is_valid = [paths[i] for i in ok], [labels[i] for i in ok], is_valid[ok]
             store = store.subset(ok)
-    if not multi_label:
-        several = next(
-            ((p, lab) for p, lab in zip(paths, labels, strict=True) if len(lab) != 1), None
-        )
-        if several is not None:
-            raise ValueError(
-                f"{several[0].name} has {len(several[1])} labels {several[1]} but the data is "
-                "single-label; return one label per image, or use multi_label=True"
-            )
     vocab = list(vocab) if vocab is not None else make_vocab(labels)
-    if not multi_label and len(vocab) < 2:
-        raise ValueError(
-            f"all {len(paths)} images have the label {vocab[0] if vocab else None!r}: a "
-            "classifier needs two classes or more; check label_re (Pets-style file names), "
-            "label_from_folder or the CSV's label column"
-        )
+    if not multi_label:
+        _check_single_label(paths, labels, vocab)
     index = {name: i for i, name in enumerate(vocab)}
     if multi_label:
         targets = torch.zeros(len(paths), len(vocab))
@@ -235,6 +241,8 @@ def image_dataloaders(
     """
     if on_junk not in ("skip", "error"):
         raise ValueError(f'on_junk must be "skip" or "error", got {on_junk!r}')
+    if train_names is not None and valid_names is None:
+        raise ValueError("train_names needs valid_names too (the split is made from both lists)")
     folder = Path(folder)
     labeller = _choose_labeller(label_re, label_func, label_from_folder)
     files = get_image_files(folder)
@@ -243,8 +251,6 @@ def image_dataloaders(
         raise ValueError(f"no image files under {folder} (looked for {extensions})")
     paths, labels, junk = check_items(files, labeller, full_check)
     _raise_or_warn(junk, on_junk, folder)
-    if train_names is not None and valid_names is None:
-        raise ValueError("train_names needs valid_names too (the split is made from both lists)")
     if split_folders is not None:
         is_valid, keep = split_by_folder(paths, folder, *split_folders)
     elif valid_names is not None:
