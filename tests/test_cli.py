@@ -80,7 +80,8 @@ def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
     out = tmp_path / "train"
     argv = ["train", *fashion, "--epochs", "1", "--lr", "1e-3", "--out", str(out)]
     record, _ = run_json(argv, capsys)
-    assert record["stages"] == [{"stage": "train", "epochs": 1, "lr": 1e-3}]
+    stage = {"stage": "train", "epochs": 1, "lr": 1e-3, "range_test_warnings": []}
+    assert record["stages"] == [stage]
     assert 0 <= record["final"]["error_rate"] <= 1 and record["diverged"] is False
     for name in ("model.lrk", "metrics.csv", "losses.png", "schedule.png", "train.json"):
         assert (out / name).stat().st_size > 0, name

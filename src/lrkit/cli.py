@@ -440,15 +440,22 @@ def parse_lr(text: str) -> float | slice | str:
 
 
 def _resolve_lr(
-    spec: float | slice | str, learn: VisionLearner, args: argparse.Namespace, stage: str
+    spec: float | slice | str,
+    learn: VisionLearner,
+    args: argparse.Namespace,
+    stage: str,
+    console: Console,
 ) -> tuple[float | slice, LRFindResult | None]:
-    """A rule name becomes the suggestion of a range test on the learner as it is now."""
+    """A rule name becomes the suggestion of a range test on the learner as it is now; what
+    the test warns about (a flat or noisy curve) is printed before training on it."""
     if not isinstance(spec, str):
         return spec, None
     found = learn.lr_find(
         start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, progress=False
     )
     found.plot(args.out / f"lr_find_{stage}.png")
+    for note in found.warnings:
+        console.print(f"[yellow]warning:[/] range test before {stage}: {note}", highlight=False)
     try:
         return found.suggest(spec), found
     except suggest.CurveTooShortError:
@@ -470,22 +477,24 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     stages: list[dict[str, Any]] = []
 
-    def fit(stage: str, epochs: int, lr: float | slice) -> None:
+    def fit(stage: str, epochs: int, lr: float | slice, found: LRFindResult | None) -> None:
         # one CSV for both stages: the second appends below the first, a stage column apart
         logger = CSVLogger(args.out / "metrics.csv", append=bool(stages), stage=stage)
         if args.schedule == "one-cycle":
             learn.fit_one_cycle(epochs, lr, cbs=[logger])
         else:
             learn.fit(epochs, lr, cbs=[logger])
-        stages.append({"stage": stage, "epochs": epochs, "lr": _describe(lr)})
+        warned = found.warnings if found is not None else []
+        stages.append(
+            {"stage": stage, "epochs": epochs, "lr": _describe(lr), "range_test_warnings": warned}
+        )
 
     if args.freeze_epochs > 0:
         learn.freeze()
-        lr, _ = _resolve_lr(spec, learn, args, "frozen")
-        fit("frozen", args.freeze_epochs, lr)
+        fit("frozen", args.freeze_epochs, *_resolve_lr(spec, learn, args, "frozen", console))
         learn.unfreeze()
-    lr, _ = _resolve_lr(spec, learn, args, "unfrozen" if args.freeze_epochs else "train")
-    fit("train", args.epochs, lr)
+    stage = "unfrozen" if args.freeze_epochs else "train"
+    fit("train", args.epochs, *_resolve_lr(spec, learn, args, stage, console))
 
     learn.recorder.plot_losses(args.out / "losses.png")
     learn.recorder.plot_schedule(args.out / "schedule.png")

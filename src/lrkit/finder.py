@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.utils.data import SequentialSampler
 
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
@@ -52,6 +54,8 @@ class RangeTestConfig:
                 f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the range "
                 "test sweeps upwards"
             )
+        if isinstance(self.num_it, bool) or not isinstance(self.num_it, int):
+            raise ValueError(f"num_it must be a whole number of steps, got {self.num_it!r}")
         if self.num_it < 10:
             raise ValueError(
                 f"num_it={self.num_it} is too few: the suggestion rules drop the first 10% and "
@@ -190,7 +194,8 @@ class _Stepper:
         was_training = self.model.training
         self.model.eval()
         try:
-            return float(np.mean([self.loss_of(batch).item() for batch in val_set]))
+            loss = float(np.mean([self.loss_of(batch).item() for batch in val_set]))
+            return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
         finally:
             self.model.train(was_training)
 
@@ -277,8 +282,10 @@ def _sweep(
 ) -> LRFindResult:
     """The loop itself; the caller snapshots and restores around it."""
     model, optimizer, config = stepper.model, stepper.optimizer, stepper.config
-    # Every group follows the last one's sweep at its own ratio (a zero lr stays zero).
-    reference = optimizer.param_groups[-1]["lr"]
+    # Every group follows the sweep at its own ratio to the last group with a non-zero lr
+    # (a zero lr stays zero); with no lr set anywhere, all groups sweep alike.
+    nonzero = [g["lr"] for g in optimizer.param_groups if g["lr"]]
+    reference = nonzero[-1] if nonzero else None
     ratios = [g["lr"] / reference if reference else 1.0 for g in optimizer.param_groups]
     batches = cycle(train_loader, "train_loader")
     val_set = None
@@ -349,6 +356,12 @@ def lr_find_repeated(
     """
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to measure a spread, got {repeats}")
+    if isinstance(getattr(train_loader, "sampler", None), SequentialSampler):
+        warnings.warn(
+            "train_loader does not shuffle, so every repeat sees the same data order and the "
+            "spread measures only dropout and other randomness; pass shuffle=True",
+            stacklevel=2,
+        )
     loaders = [train_loader, kwargs.get("val_loader")]
     generators = [g for loader in loaders if loader is not None for g in loader_generators(loader)]
     random_states = RandomStates.capture(generators)

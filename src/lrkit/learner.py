@@ -545,6 +545,8 @@ class Learner:
         self, use_valid: bool, val_batches: int, snapshot: str, progress: bool | None
     ) -> dict[str, Any]:
         """The range test's keyword arguments that follow this learner's own options."""
+        if use_valid and self.dls.valid is None:
+            raise ValueError("use_valid=True needs a validation loader: DataLoaders(train, valid)")
         precision = self.options.mixed_precision
         return {
             "val_loader": self.dls.valid if use_valid else None,

@@ -240,6 +240,14 @@ class RepeatedLRFind:
     def warnings(self) -> list[str]:
         """Each run's warnings once, plus rules whose runs disagree by more than a decade."""
         notes = list(dict.fromkeys(note for run in self.runs for note in run.warnings))
+        first = self.runs[0]
+        if len(self.runs) > 1 and all(
+            np.array_equal(run.raw_losses, first.raw_losses) for run in self.runs[1:]
+        ):
+            notes.append(
+                "every run gave the same curve: the loader's order did not change between runs "
+                "(shuffle it), so the spread of 0 says nothing"
+            )
         for name, decades in self.spread.items():
             if decades > 1:
                 notes.append(

@@ -32,6 +32,7 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
         getattr(
             getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None
         ),
+        getattr(getattr(loader, "batch_sampler", None), "generator", None),
     ]
     found: dict[int, torch.Generator] = {}
     for generator in candidates:
@@ -115,6 +116,7 @@ class TrainingSnapshot:
     optimizer_meta: _OptimizerMeta | None
     random_states: RandomStates
     tensor_specs: dict[str, tuple[torch.device, torch.dtype]] = field(default_factory=dict)
+    unopened_loaders: list[Any] = field(default_factory=list)
 
     @classmethod
     def capture(
@@ -142,6 +144,7 @@ class TrainingSnapshot:
             specs = {name: (t.device, t.dtype) for name, t in optimizer_tensors.items()}
 
         generators: dict[int, torch.Generator] = {}
+        loaders = list(loaders)
         for loader in loaders:
             for generator in loader_generators(loader):
                 generators[id(generator)] = generator
@@ -156,6 +159,7 @@ class TrainingSnapshot:
             optimizer_meta=optimizer_meta,
             random_states=RandomStates.capture(generators.values()),
             tensor_specs=specs,
+            unopened_loaders=[loader for loader in loaders if _unopened_persistent(loader)],
         )
 
     @torch.no_grad()
@@ -178,8 +182,28 @@ class TrainingSnapshot:
         if self.optimizer is not None and self.optimizer_meta is not None:
             _restore_optimizer(self.optimizer, self.optimizer_meta, saved, self.tensor_specs)
         self.random_states.restore()
+        for loader in self.unopened_loaders:
+            _close_persistent_iterator(loader)
         if not keep:
             self.store.discard()
+
+
+def _unopened_persistent(loader: Any) -> bool:
+    """A DataLoader with persistent workers that has not started them yet."""
+    return getattr(loader, "persistent_workers", False) and loader._iterator is None
+
+
+def _close_persistent_iterator(loader: Any) -> None:
+    """Stop the persistent workers opened since the snapshot and forget their iterator.
+
+    A DataLoader reuses a persistent iterator, and reusing skips the worker-seed draw that
+    opening one makes: without this, the first epoch after a range test would shuffle
+    differently from the same epoch without one. (DataLoader keeps it in `_iterator`.)
+    """
+    iterator = loader._iterator
+    if iterator is not None:
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def _all_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -230,10 +254,26 @@ def _restore_optimizer(
     params = optimizer_params(optimizer)
     state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
     for index, keys in meta.state_keys.items():
+        current = optimizer.state.get(params[index], {})
         for key, value in keys.items():
             if value is torch.Tensor:
                 name = f"optim.{index}.{key}"
-                device, dtype = specs[name]
-                value = saved[name].to(device=device, dtype=dtype, copy=True)
+                value = _into(current.get(key), saved[name], *specs[name])
             state[params[index]][key] = value
     optimizer.state = state
+
+
+def _into(
+    current: Any, saved: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """`saved` copied into `current` when that tensor fits (no second copy of the optimizer
+    state on the device while restoring), else into a new tensor on `device`."""
+    fits = (
+        isinstance(current, torch.Tensor)
+        and current.shape == saved.shape
+        and current.dtype == dtype
+        and current.device == device
+    )
+    if fits:
+        return current.copy_(saved)
+    return saved.to(device=device, dtype=dtype, copy=True)
