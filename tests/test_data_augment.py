@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -59,15 +60,7 @@ def test_one_resampling_pass(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_flips_half_of_the_images_exactly() -> None:
     x = torch.zeros(400, 3, 8, 8, dtype=torch.uint8)
     x[..., 4:] = 255  # dark left half, bright right half
-    cfg = AugConfig(
-        min_scale=1.0,
-        ratio=(1.0, 1.0),
-        flip=True,
-        max_rotate=0,
-        max_zoom=1.0,
-        max_warp=0,
-        max_lighting=0,
-    )
+    cfg = replace(AugConfig.none(), flip=True)  # flips only
     out = BatchTransform(size=8, aug=cfg, stats=NO_NORM)(x, gen(3))
     flipped = out[:, 0, 0, 0] > 0.5  # bright on the left: mirrored
     mirrored = torch.where(flipped.view(-1, 1, 1, 1), x.flip(-1), x).float() / 255
