@@ -6,14 +6,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrkit import DataLoaders
+from lrkit import DataLoaders, register_model
 from lrkit.learner import Learner
 
 N_IN, N_HIDDEN, N_OUT = 8, 16, 3
 
 
+@register_model
 class TinyNet(nn.Module):
-    """body (Linear, BatchNorm, ReLU) + head (Linear); module-level so export can rebuild it."""
+    """body (Linear, BatchNorm, ReLU) + head (Linear); registered, so its exports load back."""
 
     def __init__(self, n_in: int = N_IN, n_hidden: int = N_HIDDEN, n_out: int = N_OUT) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from learner_fixtures import N_IN, TinyNet, make_dls, make_learner
-from lrkit.checkpoint import Prediction, load_learner
+from lrkit import Prediction, load_learner, register_model
 
 
 def _trained():
@@ -108,6 +108,7 @@ def test_export_warns_when_the_constructor_lives_in_the_script(tmp_path, monkeyp
 
     ScriptNet.__module__, ScriptNet.__qualname__ = "__main__", "ScriptNet"
     monkeypatch.setattr(sys.modules["__main__"], "ScriptNet", ScriptNet, raising=False)
+    register_model(ScriptNet)
     learn = make_learner()
     learn.model = ScriptNet()
     with pytest.warns(UserWarning, match=r"__main__:ScriptNet lives in the running script"):
@@ -137,6 +138,7 @@ def test_pickled_export_needs_explicit_trust(tmp_path):
     assert predictor.model.body[0].out_features == 4
 
 
+@register_model
 class TinyImageNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

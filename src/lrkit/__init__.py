@@ -10,7 +10,7 @@ from lrkit.callbacks import (
     Recorder,
     SaveBestModel,
 )
-from lrkit.checkpoint import Prediction, Predictor, load_learner
+from lrkit.checkpoint import load_learner
 from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
@@ -25,6 +25,8 @@ from lrkit.metrics import (
     fbeta_multi,
     top_k_accuracy,
 )
+from lrkit.models.registry import register_model
+from lrkit.predictor import Prediction, Predictor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 
 __version__ = "0.1.0"
@@ -60,6 +62,7 @@ __all__ = [
     "lr_find",
     "lr_find_repeated",
     "models",
+    "register_model",
     "suggest",
     "to_device",
     "top_k_accuracy",

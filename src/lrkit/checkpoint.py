@@ -14,21 +14,18 @@ where a good one was.
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from lrkit.data.image_input import image_input
+from lrkit.models import registry
+from lrkit.predictor import Predictor
 
 STATE_FORMAT = "lrkit-state"
 EXPORT_FORMAT = "lrkit-export"
@@ -72,6 +69,77 @@ def save_state(model: nn.Module, opt: torch.optim.Optimizer | None, path: str | 
     return _atomic_save(state, path)
 
 
+def check_state_dict(
+    model: nn.Module, state: dict[str, Any], source: str | Path, strict: bool = True
+) -> None:
+    """Raise ValueError unless `state` loads into `model` whole: keys, shapes and dtypes.
+
+    Run before anything is copied, so a refused load changes nothing. Floating-point tensors
+    may differ in precision (they are cast, as torch does); any other dtype must match.
+    `strict=False` allows missing and unexpected keys, not wrong shapes or dtypes.
+    """
+    want = model.state_dict()
+    problems = []
+    if strict:
+        problems += [f"missing {k}" for k in want if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in want]
+    for key, value in state.items():
+        if key not in want:
+            continue
+        mine = want[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif value.shape != mine.shape:
+            problems.append(f"{key}: {tuple(value.shape)} in the file, {tuple(mine.shape)} here")
+        elif value.dtype != mine.dtype and not (
+            value.dtype.is_floating_point and mine.dtype.is_floating_point
+        ):
+            problems.append(f"{key}: {value.dtype} in the file, {mine.dtype} here")
+    if problems:
+        more = f"; +{len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(
+            f"the weights in {source} do not fit this model ({len(problems)} problems: "
+            f"{'; '.join(problems[:3])}{more}); nothing was loaded"
+        )
+
+
+def check_optimizer_state(opt: torch.optim.Optimizer, opt_state: Any, source: str | Path) -> None:
+    """Raise ValueError unless `opt_state` loads into `opt` whole; changes nothing.
+
+    Checked: the number of param groups, the parameters per group, and that each per-parameter
+    state tensor is a scalar or has its parameter's shape (torch checks only the first two).
+    """
+    if not isinstance(opt_state, dict) or not isinstance(opt_state.get("param_groups"), list):
+        raise ValueError(f"the optimizer state in {source} is damaged (no param_groups)")
+    groups, saved = opt.param_groups, opt_state["param_groups"]
+    if len(groups) != len(saved):
+        raise ValueError(
+            f"the optimizer state in {source} has {len(saved)} param groups, this optimizer "
+            f"{len(groups)}; load with with_opt=False to take the weights only"
+        )
+    params: dict[Any, torch.Tensor] = {}
+    for i, (group, old) in enumerate(zip(groups, saved, strict=True)):
+        n_old = len(old.get("params", ())) if isinstance(old, dict) else -1
+        if n_old != len(group["params"]):
+            raise ValueError(
+                f"the optimizer state in {source}: group {i} has {n_old} parameters, this "
+                f"optimizer's {len(group['params'])}; load with with_opt=False"
+            )
+        params.update(zip(old["params"], group["params"], strict=True))
+    for key, per_param in (opt_state.get("state") or {}).items():
+        param = params.get(key)
+        if param is None or not isinstance(per_param, dict):
+            raise ValueError(
+                f"the optimizer state in {source} holds state for an unknown parameter {key!r}"
+            )
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+                raise ValueError(
+                    f"the optimizer state in {source}: {name} of parameter {key} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
+
+
 def load_state(
     model: nn.Module,
     opt: torch.optim.Optimizer | None,
@@ -79,18 +147,25 @@ def load_state(
     device: torch.device | str,
     strict: bool = True,
 ) -> None:
-    """Load weights from `save_state` (or a plain state_dict file) into `model` (and `opt`)."""
+    """Load weights from `save_state` (or a plain state_dict file) into `model` (and `opt`).
+
+    All or nothing: weights and optimizer state are checked first (`check_state_dict`,
+    `check_optimizer_state`), so a refused file leaves model and optimizer bit-identical.
+    Raises FileNotFoundError, or ValueError naming the file and the first mismatches.
+    """
     state = _read(path, device)
     if isinstance(state, dict) and state.get("format") == STATE_FORMAT:
-        weights, opt_state = state["model"], state["opt"]
+        weights, opt_state = state.get("model"), state.get("opt")
     elif isinstance(state, dict):  # a bare state_dict, e.g. downloaded weights
         weights, opt_state = state, None
     else:
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    try:
-        model.load_state_dict(weights, strict=strict)
-    except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit this model: {err}") from err
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path} is a damaged lrkit state file: its model entry is not a dict")
+    check_state_dict(model, weights, path, strict)
+    if opt is not None and opt_state is not None:
+        check_optimizer_state(opt, opt_state, path)
+    model.load_state_dict(weights, strict=strict)
     if opt is not None and opt_state is not None:
         opt.load_state_dict(opt_state)
 
@@ -98,43 +173,33 @@ def load_state(
 # ---------------------------------------------------------------------------- export
 
 
-def _resolve(ref: str) -> Callable[..., nn.Module]:
-    """The object named by "package.module:qualified.name"."""
-    module_name, sep, qualname = ref.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(
-            f"a constructor reference looks like 'package.module:function', got {ref!r}"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(
-            f"cannot import {module_name!r} to rebuild the model ({ref}): {err}"
-        ) from err
-    for part in qualname.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(
-                f"{module_name!r} has no {qualname!r}; cannot rebuild the model ({ref})"
-            )
-        obj = getattr(obj, part)
-    return obj
-
-
 def _reference(factory: Callable[..., nn.Module] | str) -> str:
-    """An importable "module:qualname" for `factory`, checked to resolve back to it."""
+    """An importable "module:qualname" for `factory`, checked to resolve back to it.
+
+    Warns when the reference is not on the allow-list (`lrkit.models.registry`), because
+    `load_learner` will then refuse the file unless trusted.
+    """
     if isinstance(factory, str):
-        _resolve(factory)
-        return factory
-    ref = f"{factory.__module__}:{factory.__qualname__}"
-    if "<" in ref or _resolve(ref) is not factory:
-        raise ValueError(
-            f"{ref} cannot be imported by name (a lambda or a local function/class); export "
-            "with a module-level constructor, or pickle_model=True"
-        )
-    if factory.__module__ == "__main__":
+        ref = factory
+        registry.resolve_builder(ref, {}, trust=True)
+    else:
+        ref = registry.reference(factory)
+        if "<" in ref or registry.resolve_builder(ref, {}, trust=True) is not factory:
+            raise ValueError(
+                f"{ref} cannot be imported by name (a lambda or a local function/class); export "
+                "with a module-level constructor, or pickle_model=True"
+            )
+    if ref.partition(":")[0] == "__main__":
         warnings.warn(
             f"the model's constructor {ref} lives in the running script, so load_learner can "
             "rebuild it only from that same script; move it into an importable module",
+            UserWarning,
+            stacklevel=4,
+        )
+    if not registry.is_allowed(ref):
+        warnings.warn(
+            f"load_learner will refuse to call {ref} unless trusted: decorate it with "
+            "lrkit.register_model where it is defined",
             UserWarning,
             stacklevel=4,
         )
@@ -211,7 +276,7 @@ def export(
     else:
         ref = _reference(factory if factory is not None else type(model))
         try:
-            rebuilt = _resolve(ref)(**kwargs)
+            rebuilt = registry.resolve_builder(ref, kwargs, trust=True)(**kwargs)
         except Exception as err:
             raise ValueError(
                 f"cannot rebuild the model with {ref}(**{kwargs!r}): {err}; pass factory= and "
@@ -223,99 +288,98 @@ def export(
     return _atomic_save(payload, path)
 
 
-class Prediction(NamedTuple):
-    """What `predict` returns: `label, index, probs = learn.predict(item)`."""
-
-    label: Any  # the class name (vocab[index]), or the index without a vocab; a list if multi-label
-    index: Any  # int, or a list of ints for multi-label
-    probs: torch.Tensor  # (C,) softmax (single label) or sigmoid (multi-label) probabilities
-
-
-def predict(
-    model: nn.Module,
-    item: Any,
-    vocab: Sequence[str] | None,
-    multi_label: bool,
-    preprocess: dict[str, Any] | None,
-    device: torch.device | str,
-    thresh: float = 0.5,
-) -> Prediction:
-    """Run `model` on one item (tensor without batch dim, image path or PIL image)."""
-    if isinstance(item, (str, Path, Image.Image)):
-        x = image_input(item, preprocess)
-    elif isinstance(item, np.ndarray):
-        x = torch.from_numpy(item)
-    elif isinstance(item, torch.Tensor):
-        x = item
-    else:
-        raise TypeError(
-            f"predict takes a tensor, array, image path or PIL image, got {type(item).__name__}"
-        )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
-    finally:
-        model.train(was_training)
-    if multi_label:
-        probs = out.sigmoid()
-        index = (probs > thresh).nonzero().flatten().tolist()
-        label = [vocab[i] for i in index] if vocab is not None else index
-        return Prediction(label, index, probs)
-    probs = out.softmax(dim=-1)
-    best = int(probs.argmax())
-    return Prediction(vocab[best] if vocab is not None else best, best, probs)
+# what each key of an export must hold: (accepted types, description for the error)
+EXPORT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "vocab": ((list, type(None)), "a list of class names or None"),
+    "multi_label": ((bool,), "true or false"),
+    "preprocess": ((dict, type(None)), "a dict or None"),
+}
+OPTIONAL_FIELDS = {"thresh": 0.5}  # key -> value assumed when an older export lacks it
+BUILD_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "factory": ((str,), "a 'module:function' string"),
+    "kwargs": ((dict,), "a dict of keyword arguments"),
+    "state_dict": ((dict,), "a dict of tensors"),
+}
 
 
-@dataclass
-class Predictor:
-    """An exported model ready for inference: `predict(item) -> (label, index, probs)`."""
-
-    model: nn.Module
-    vocab: list[str] | None
-    multi_label: bool
-    preprocess: dict[str, Any] | None
-    device: torch.device
-    thresh: float = 0.5  # multi-label decision threshold on the sigmoid
-
-    def predict(self, item: Any) -> Prediction:
-        """Label, class index and probabilities for one item."""
-        return predict(
-            self.model,
-            item,
-            self.vocab,
-            self.multi_label,
-            self.preprocess,
-            self.device,
-            self.thresh,
-        )
-
-
-def load_learner(
-    path: str | Path, device: torch.device | str = "cpu", trust_pickle: bool = False
-) -> Predictor:
-    """Read a file written by `Learner.export` and return a `Predictor` (model in eval mode)."""
-    payload = _read(path, device)
+def _check_export(payload: Any, path: Path) -> None:
+    """Refuse, in one line, an export with missing keys or values of the wrong type."""
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path} is not an lrkit export (write one with Learner.export)")
+    fields = dict(EXPORT_FIELDS)
     if "model_pickle" in payload:
-        if not trust_pickle:
+        fields["model_pickle"] = ((torch.Tensor,), "a uint8 tensor")
+    else:
+        fields.update(BUILD_FIELDS)
+    for key, (types, what) in fields.items():
+        if key not in payload:
+            raise ValueError(f"{path} is a damaged lrkit export: it has no {key!r}; export again")
+        value = payload[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(
+                f"{path} is a damaged lrkit export: {key!r} should be {what}, got "
+                f"{type(value).__name__}; export again"
+            )
+    thresh = payload.get("thresh", OPTIONAL_FIELDS["thresh"])
+    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)):
+        raise ValueError(f"{path} is a damaged lrkit export: 'thresh' should be a number")
+    state = payload.get("state_dict", {})
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(
+            f"{path} is a damaged lrkit export: state_dict entry {bad[0]!r} is not a tensor"
+        )
+
+
+def _rebuild(
+    payload: dict[str, Any], path: Path, device: torch.device | str, trust: bool
+) -> nn.Module:
+    """The exported model, built by an allow-listed builder (or unpickled when trusted)."""
+    if "model_pickle" in payload:
+        if not trust:
             raise ValueError(
                 f"{path} holds a pickled model, and unpickling runs code stored in the file; "
                 "call load_learner(path, trust_pickle=True) only if you trust where it came from"
             )
         raw = payload["model_pickle"].cpu().numpy().tobytes()
-        model = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
-    else:
-        model = _resolve(payload["factory"])(**payload["kwargs"])
-        model.load_state_dict(payload["state_dict"])
-    model = model.to(device).eval()
+        return torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
+    ref, kwargs = payload["factory"], payload["kwargs"]
+    try:
+        builder = registry.resolve_builder(ref, kwargs, trust=trust)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    try:
+        model = builder(**kwargs)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: {ref}(**{kwargs!r}) fails to build the model ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path}: {ref} built a {type(model).__name__}, not an nn.Module")
+    check_state_dict(model, payload["state_dict"], path)
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def load_learner(
+    path: str | Path, device: torch.device | str = "cpu", trust_pickle: bool = False
+) -> Predictor:
+    """Read a file written by `Learner.export` and return a `Predictor` (model in eval mode).
+
+    Loading runs no code from the file: the model is built by a builder on the allow-list of
+    `lrkit.models.registry`. `trust_pickle=True` is the one opt-in to run what the file names:
+    unpickle a pickled model, or import and call a builder that is not on the allow-list.
+    Raises FileNotFoundError, or ValueError (one line, naming the file) for anything else.
+    """
+    path = Path(path)
+    payload = _read(path, device)
+    _check_export(payload, path)
+    model = _rebuild(payload, path, device, trust_pickle).to(device).eval()
     return Predictor(
         model,
         payload["vocab"],
         payload["multi_label"],
         payload["preprocess"],
         torch.device(device),
-        float(payload.get("thresh", 0.5)),
+        float(payload.get("thresh", OPTIONAL_FIELDS["thresh"])),
     )

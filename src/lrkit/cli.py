@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = command("predict", "labels for image files from an exported model", "")
     predict.add_argument("model", help="a file written by lrkit train (model.lrk)")
     predict.add_argument("files", nargs="+", help="image files")
+    predict.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="run code the model file names (a pickled model, or a model builder lrkit does "
+        "not know); only for files you trust",
+    )
     predict.set_defaults(run=run_predict)
 
     demo = command(
@@ -570,7 +576,7 @@ def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     missing = [name for name in args.files if not Path(name).is_file()]
     if missing:
         raise UsageError(f"no such image file(s): {', '.join(missing)}")
-    predictor = load_learner(args.model)
+    predictor = load_learner(args.model, trust_pickle=args.trust_pickle)
     rows = []
     for name in args.files:
         prediction = predictor.predict(name)

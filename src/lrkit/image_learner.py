@@ -26,6 +26,7 @@ from lrkit.models.hub import IMAGENET_FILES, imagenet_weights
 from lrkit.models.split import default_split
 from lrkit.models.vision_model import ARCHS, attach_head, vision_model
 from lrkit.models.weights import load_pretrained, set_in_chans
+from lrkit.predictor import Prediction, predict
 from lrkit.thresholds import ThresholdSweep, sweep_thresholds
 
 Pretrained = bool | str | Path | None
@@ -83,12 +84,12 @@ class VisionLearner(Learner):
             out["mean"], out["std"] = [float(m) for m in mean], [float(s) for s in std]
         return out or None
 
-    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> checkpoint.Prediction:
+    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> Prediction:
         """Label(s), index(es) and probabilities for one image file, PIL image or tensor.
 
         Multi-label: every label whose sigmoid is above `self.thresh` (see find_threshold).
         """
-        return checkpoint.predict(
+        return predict(
             self.model,
             item,
             self.dls.vocab,

@@ -30,6 +30,7 @@ from lrkit.data import DataLoaders
 from lrkit.data.dataloaders import length_or_none
 from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, one_group
 from lrkit.metrics import Metric, metric_name
+from lrkit.predictor import Prediction, predict
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
 from lrkit.summary import summarize
@@ -683,9 +684,9 @@ class Learner:
             pickle_model=pickle_model,
         )
 
-    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> checkpoint.Prediction:
+    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> Prediction:
         """Label, class index and probabilities for one item (a tensor without batch dim)."""
-        return checkpoint.predict(
+        return predict(
             self.model, item, self.dls.vocab, self.dls.multi_label, preprocess, self.device
         )
 

@@ -2,6 +2,7 @@
 
 from lrkit.models.head import ConcatPool2d, new_head
 from lrkit.models.hub import imagenet_url, imagenet_weights
+from lrkit.models.registry import register_model
 from lrkit.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -51,6 +52,7 @@ __all__ = [
     "load_pretrained",
     "new_head",
     "read_state_dict",
+    "register_model",
     "resnet18",
     "resnet34",
     "resnet50",

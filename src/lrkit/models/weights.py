@@ -24,6 +24,8 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "model_ema")
 # Prefixes a whole file may carry: DataParallel/DDP ("module."), torch.compile ("_orig_mod.").
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+# The two parts of lrkit's VisionModel: a file whose keys all start with these is lrkit's own.
+LRKIT_PARTS = ("body.", "head.")
 SHOW = 5  # mismatches named in an error message
 
 
@@ -68,11 +70,20 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def map_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm/torchvision key names as lrkit's: drop a prefix every key shares (module., ...)."""
+    """timm/torchvision/lrkit key names as a plain network's.
+
+    Drops a prefix every key shares (module., _orig_mod.). A file lrkit wrote for a
+    body + head model (`Learner.save`, `export`, `lrkit train`'s model.lrk: keys body.*, head.*)
+    gives its body under the network's own names; its head is left out, as a new task gets a
+    new one.
+    """
     state = dict(state)
     for prefix in STRIP_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
+    if state and all(k.startswith(LRKIT_PARTS) for k in state):
+        body = LRKIT_PARTS[0]
+        state = {k[len(body) :]: v for k, v in state.items() if k.startswith(body)}
     return state
 
 
