@@ -368,3 +368,26 @@ def test_loaders_with_workers_pick_up_new_stats(tmp_path):
     after = next(iter(dls.valid))[0]
     fresh = next(iter(small_dls(folder, stats=TF_STATS).valid))[0]
     assert not torch.equal(before, after) and torch.equal(after, fresh)
+
+
+def test_the_body_is_forward_features():
+    torch.manual_seed(0)
+    network = efficientnet_lite0().eval()
+    model = lrkit.models.attach_head(network, n_out=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.body(x), network.forward_features(x))
+    assert list(dict(model.body.named_children()))[-3:] == ["conv_head", "bn2", "act2"]
+
+
+def test_loaders_that_cannot_renormalise_get_a_warning(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "lite0.pth"
+    torch.save(efficientnet_lite0().state_dict(), path)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 2
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    stats = ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2))
+    dls = lrkit.DataLoaders(loader, loader, vocab=["a", "b"], stats=stats)
+    with pytest.warns(UserWarning, match=r"mean \(0\.5, 0\.5, 0\.5\).*normalize=False"):
+        learn = lrkit.vision_learner(dls, "efficientnet_lite0", pretrained=path, device="cpu")
+    assert dls.stats == stats and learn.frozen_idx == 2
