@@ -4,12 +4,15 @@ The seed workflow in one call: `vision_learner(dls, "resnet50", pretrained="imag
 lrkit's resnet50, loads torchvision's ImageNet weights, cuts it at the global pool, adds
 fastai's head for `dls.c` classes, picks cross-entropy (or BCE-with-logits when `dls` is
 multi-label), splits into (stem + layer1 + layer2), (layer3 + layer4), head and freezes all but
-the head. torchvision and timm constructors are accepted where those libraries import.
+the head. Pretrained weights bring the input normalisation they were trained with, and the
+loaders switch to it (fastai's `normalize=True`), so the export records it too.
+torchvision and timm constructors are accepted where those libraries import.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from lrkit.data import DataLoaders
 from lrkit.layer_groups import Splitter
 from lrkit.learner import Learner
 from lrkit.metrics import Metric, accuracy_multi
-from lrkit.models.hub import IMAGENET_FILES, imagenet_weights
+from lrkit.models.hub import Stats, imagenet_weights, weight_kinds, weights_stats
 from lrkit.models.split import default_split
 from lrkit.models.vision_model import ARCHS, attach_head, vision_model
 from lrkit.models.weights import load_pretrained, set_in_chans
@@ -133,13 +136,13 @@ def _weights_kind(pretrained: Pretrained) -> tuple[str | None, Path | None]:
         return None, None
     if pretrained is True:
         return "imagenet", None
-    if isinstance(pretrained, str) and pretrained in IMAGENET_FILES:
+    if isinstance(pretrained, str) and pretrained in weight_kinds():
         return pretrained, None
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(
-                f"pretrained={str(pretrained)!r} is neither one of {list(IMAGENET_FILES)} nor an "
+                f"pretrained={str(pretrained)!r} is neither one of {weight_kinds()} nor an "
                 "existing weights file"
             )
         return None, path
@@ -195,6 +198,31 @@ def _foreign_network(arch: Arch, kind: str | None, in_chans: int) -> nn.Module:
     return arch()
 
 
+def _normalize_like_weights(dls: DataLoaders, stats: Stats) -> None:
+    """Make `dls` normalise with the weights' `stats`, as fastai's vision_learner does.
+
+    Loaders with another number of channels are left as they are (their stats were made for
+    them); loaders that cannot change their normalisation are left with a warning.
+    """
+    if dls.stats is None or len(dls.stats[0]) != len(stats[0]):
+        return
+    have = tuple(tuple(float(v) for v in part) for part in dls.stats)
+    if have == stats:
+        return
+    loaders = [loader for loader in (dls.train, dls.valid) if loader is not None]
+    if not all(callable(getattr(loader, "set_stats", None)) for loader in loaders):
+        warnings.warn(
+            f"the pretrained weights expect inputs normalised with mean {stats[0]} and std "
+            f"{stats[1]}, but these loaders use {have[0]} and {have[1]} and cannot change; "
+            "build them with the weights' stats, or pass normalize=False to keep them",
+            stacklevel=3,
+        )
+        return
+    for loader in loaders:
+        loader.set_stats(stats)
+    dls.stats = stats
+
+
 def _in_chans(dls: DataLoaders) -> int:
     """Input channels, from the loaders' normalisation stats (one mean per channel); else 3."""
     if dls.stats is not None:
@@ -216,15 +244,21 @@ def vision_learner(
     concat_pool: bool = True,
     cut: int | None = None,
     download_progress: bool = True,
+    normalize: bool = True,
     **learner_kwargs: Any,
 ) -> VisionLearner:
     """A Learner for image classification: body (pretrained) + new head, body frozen if pretrained.
 
-    `arch`: "resnet18".."resnet152", "resnet_small" (28x28 images), a torchvision or timm
-    constructor, a timm model name (with timm installed), or any callable/module whose
-    children run in order. `pretrained`: "imagenet" (= True), "imagenet_v2", a weights file, or
-    False. `n_out` defaults to the number of classes in `dls.vocab`, `in_chans` to the number
-    of channels in `dls.stats`. Other keyword arguments go to `Learner` (opt, wd, device, ...).
+    `arch`: "resnet18".."resnet152", "resnet_small" (28x28 images), "efficientnet_lite0"..
+    "efficientnet_lite4", a torchvision or timm constructor, a timm model name (with timm
+    installed), or any callable/module whose children run in order. `pretrained`: "imagenet"
+    (= True), "imagenet_v2", a weights file, or False. `n_out` defaults to the number of
+    classes in `dls.vocab`, `in_chans` to the number of channels in `dls.stats`. With
+    pretrained weights of an lrkit architecture and `normalize=True`, the loaders `dls` are
+    switched (in place) to the normalisation those weights were trained with (mean = std = 0.5
+    for EfficientNet-Lite, ImageNet's statistics for the ResNets); a weights file is taken to
+    be trained like the architecture's ImageNet
+    weights. Other keyword arguments go to `Learner` (opt, wd, device, ...).
     """
     n_out = n_out if n_out is not None else dls.c
     if n_out is None:
@@ -240,6 +274,9 @@ def vision_learner(
         network = _foreign_network(arch, kind, in_chans)
     if path is not None:
         load_pretrained(network, path)
+    stats = weights_stats(name, kind or "imagenet") if name is not None else None
+    if normalize and stats is not None and (kind is not None or path is not None):
+        _normalize_like_weights(dls, stats)
     if name is None:
         set_in_chans(network, in_chans)  # adapts pretrained RGB filters; no-op when it fits
     model = attach_head(network, n_out, lin_ftrs, ps, concat_pool, cut, in_chans)

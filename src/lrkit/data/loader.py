@@ -10,6 +10,7 @@ transform runs there, with a generator seeded from the same per-batch seed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import warnings
@@ -216,6 +217,20 @@ class ImageBatches:
     @property
     def dataset(self) -> ImageItems:
         return self.builder.items
+
+    def set_stats(self, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+        """Normalise with per-channel (mean, std) of 0..1 pixels from the next batch on.
+
+        Persistent workers already started hold the old transform; they are stopped, and the
+        next iteration starts fresh ones.
+        """
+        self.transform = dataclasses.replace(self.transform, stats=stats)
+        if self.builder.transform is not None:
+            self.builder.transform = self.transform
+        iterator = self.loader._iterator  # where DataLoader keeps its persistent workers
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,7 +1,17 @@
-"""Models: torchvision-named ResNets, fastai's head, body/head split, layer groups, weights."""
+"""Models: torchvision-named ResNets, timm-named EfficientNet-Lite, fastai's head, body/head
+split, layer groups, weights."""
 
+from lrkit.models.efficientnet import (
+    EfficientNetLite,
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite3,
+    efficientnet_lite4,
+    efficientnet_pytorch_keys,
+)
 from lrkit.models.head import ConcatPool2d, new_head
-from lrkit.models.hub import imagenet_url, imagenet_weights
+from lrkit.models.hub import imagenet_url, imagenet_weights, packaged_weights, weights_stats
 from lrkit.models.registry import register_model
 from lrkit.models.resnet import (
     BasicBlock,
@@ -15,7 +25,14 @@ from lrkit.models.resnet import (
     resnet_small,
 )
 from lrkit.models.small import simple_cnn
-from lrkit.models.split import children_split, default_split, is_resnet_like, resnet_split
+from lrkit.models.split import (
+    children_split,
+    default_split,
+    efficientnet_split,
+    is_efficientnet_like,
+    is_resnet_like,
+    resnet_split,
+)
 from lrkit.models.vision_model import (
     ARCHS,
     VisionModel,
@@ -37,6 +54,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ConcatPool2d",
+    "EfficientNetLite",
     "ResNet",
     "VisionModel",
     "adapt_input_conv",
@@ -45,12 +63,21 @@ __all__ = [
     "children_split",
     "create_body",
     "default_split",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "efficientnet_lite3",
+    "efficientnet_lite4",
+    "efficientnet_pytorch_keys",
+    "efficientnet_split",
     "fit_state_dict",
     "imagenet_url",
     "imagenet_weights",
+    "is_efficientnet_like",
     "is_resnet_like",
     "load_pretrained",
     "new_head",
+    "packaged_weights",
     "read_state_dict",
     "register_model",
     "resnet18",
@@ -63,4 +90,5 @@ __all__ = [
     "set_in_chans",
     "simple_cnn",
     "vision_model",
+    "weights_stats",
 ]

@@ -24,6 +24,13 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from lrkit.models.efficientnet import (
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite3,
+    efficientnet_lite4,
+)
 from lrkit.models.resnet import resnet18, resnet34, resnet50, resnet101, resnet152, resnet_small
 from lrkit.models.small import simple_cnn
 from lrkit.models.vision_model import vision_model
@@ -55,6 +62,11 @@ _BUILDERS: dict[str, Builder] = {
         resnet152,
         resnet_small,
         simple_cnn,
+        efficientnet_lite0,
+        efficientnet_lite1,
+        efficientnet_lite2,
+        efficientnet_lite3,
+        efficientnet_lite4,
     )
 }
 

@@ -2,6 +2,8 @@
 
 ResNets (lrkit's, torchvision's or timm's, bare or as a body + head) split in three, as fastai
 does: the stem with layer1 and layer2, then layer3 with layer4, then the head (or `fc`).
+EfficientNets (lrkit's Lite, timm's) split the same way, where the resolution goes from 1/8 to
+1/16: the stem with stages 0-2, then stages 3-6 with the head convolution, then the head.
 Other models split by their top-level children, or by a function the user passes.
 """
 
@@ -45,6 +47,45 @@ def resnet_split(model: nn.Module) -> Groups:
     return [_params(stem), _params(deep), _params(tail)]
 
 
+EARLY_STAGES = 3  # EfficientNet blocks.0-2 run at 1/2 to 1/8 resolution, like layer1-2 of a ResNet
+POOL_AND_CLASSIFIER = ("global_pool", "dropout", "classifier")  # after conv_head: the head
+
+
+def is_efficientnet_like(model: nn.Module) -> bool:
+    """True when the model (or its body) has children conv_stem, blocks (the stages), conv_head."""
+    body = model.body if isinstance(model, VisionModel) else model
+    children = dict(body.named_children())
+    blocks = children.get("blocks")
+    return (
+        {"conv_stem", "conv_head"} <= children.keys()
+        and isinstance(blocks, nn.Sequential)
+        and len(blocks) > EARLY_STAGES
+    )
+
+
+def efficientnet_split(model: nn.Module) -> Groups:
+    """(stem + blocks.0-2), (blocks.3.. + conv_head and its BatchNorm), head (or classifier)."""
+    if not is_efficientnet_like(model):
+        raise ValueError(
+            f"efficientnet_split needs children conv_stem, blocks (more than {EARLY_STAGES} "
+            f"stages) and conv_head, and {type(model).__name__} lacks them; use children_split "
+            "or a splitter of your own"
+        )
+    if isinstance(model, VisionModel):
+        body, tail = model.body, [model.head]
+    else:
+        body, tail = model, []
+    children = list(body.named_children())
+    names = [name for name, _ in children]
+    start = names.index("blocks")
+    after = range(start, len(names))
+    stop = next((i for i in after if names[i] in POOL_AND_CLASSIFIER), len(names))
+    early = [m for _, m in children[:start]] + list(body.blocks[:EARLY_STAGES])
+    late = list(body.blocks[EARLY_STAGES:]) + [m for _, m in children[start + 1 : stop]]
+    tail = [m for _, m in children[stop:]] + tail  # pool and classifier of a bare network
+    return [_params(early), _params(late), _params(tail)]
+
+
 def children_split(model: nn.Module) -> Groups:
     """One group per top-level child that has parameters (body and head for a VisionModel)."""
     groups = [list(child.parameters()) for _, child in model.named_children()]
@@ -58,5 +99,9 @@ def children_split(model: nn.Module) -> Groups:
 
 
 def default_split(model: nn.Module) -> Groups:
-    """resnet_split for ResNet-like models, else one group per top-level child."""
-    return resnet_split(model) if is_resnet_like(model) else children_split(model)
+    """resnet_split / efficientnet_split where they fit, else one group per top-level child."""
+    if is_resnet_like(model):
+        return resnet_split(model)
+    if is_efficientnet_like(model):
+        return efficientnet_split(model)
+    return children_split(model)

@@ -3,7 +3,8 @@
 `create_body` keeps the network's children up to (not including) the last child that is or
 holds a pooling layer, under their own names (`body.layer1...`), so layer groups can be
 picked by name. It assumes, as fastai does, that the network's forward runs its children in
-order, which holds for ResNets (lrkit's, torchvision's, timm's) and most CNNs.
+order, which holds for ResNets (lrkit's, torchvision's, timm's), lrkit's EfficientNet-Lite
+(whose body is then its `forward_features`) and most CNNs.
 `vision_model(arch, n_out, ...)` rebuilds the same structure from plain values, which is what
 `export` stores so that `load_learner` can make the model again.
 """
@@ -17,9 +18,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lrkit.models.efficientnet import (
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite3,
+    efficientnet_lite4,
+)
 from lrkit.models.head import new_head
 from lrkit.models.resnet import (
-    ResNet,
     resnet18,
     resnet34,
     resnet50,
@@ -28,13 +35,18 @@ from lrkit.models.resnet import (
     resnet_small,
 )
 
-ARCHS: dict[str, Callable[..., ResNet]] = {
+ARCHS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
     "resnet101": resnet101,
     "resnet152": resnet152,
     "resnet_small": resnet_small,
+    "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite2,
+    "efficientnet_lite3": efficientnet_lite3,
+    "efficientnet_lite4": efficientnet_lite4,
 }
 POOL_NAME = re.compile(r"Pool(ing)?[123]d$")  # MaxPool2d, AdaptiveAvgPool2d, SelectAdaptivePool2d
 

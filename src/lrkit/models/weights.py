@@ -1,7 +1,8 @@
 """Pretrained weights into a model: read a file safely, map its key names, check, load strictly.
 
 Files: torchvision `.pth` state dicts, timm `.safetensors`/`.pth` (the same key names for
-ResNets once wrappers and prefixes are gone), lrkit's own `save`/`export` files. The check is
+ResNets once wrappers and prefixes are gone), lrkit's own `save`/`export` files, and
+EfficientNet-PyTorch files for EfficientNet-Lite (their names mapped onto timm's). The check is
 key-by-key against the model's state_dict, and an error names the file and the first
 mismatches. Two deliberate exceptions to "strict": a classifier whose shape differs from the
 file's (another number of classes) keeps its fresh weights, and a first convolution with
@@ -17,6 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrkit.models.efficientnet import (
+    efficientnet_pytorch_keys,
+    is_efficientnet_pytorch,
+    stage_depths,
+)
 from lrkit.models.safetensors_file import read_safetensors
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -69,13 +75,16 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def map_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_keys(
+    state: Mapping[str, torch.Tensor], model: nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """timm/torchvision/lrkit key names as a plain network's.
 
     Drops a prefix every key shares (module., _orig_mod.). A file lrkit wrote for a
     body + head model (`Learner.save`, `export`, `lrkit train`'s model.lrk: keys body.*, head.*)
     gives its body under the network's own names; its head is left out, as a new task gets a
-    new one.
+    new one. For an EfficientNet-style `model`, EfficientNet-PyTorch names (`_conv_stem`, ...)
+    become timm's.
     """
     state = dict(state)
     for prefix in STRIP_PREFIXES:
@@ -84,7 +93,16 @@ def map_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(LRKIT_PARTS) for k in state):
         body = LRKIT_PARTS[0]
         state = {k[len(body) :]: v for k, v in state.items() if k.startswith(body)}
+    depths = stage_depths(model) if model is not None else None
+    if depths is not None and is_efficientnet_pytorch(state):
+        state = efficientnet_pytorch_keys(state, depths)
     return state
+
+
+def _first_conv_key(model: nn.Module) -> str | None:
+    """The state_dict key of the model's first Conv2d weight ("conv1.weight" for a ResNet)."""
+    name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    return None if name is None else f"{name}.weight"
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -124,16 +142,19 @@ def fit_state_dict(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
     source: str | Path,
-    first_conv: str = "conv1.weight",
+    first_conv: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """`state` made to fit `model` exactly, or a ValueError naming `source` and the mismatches.
 
-    Adapts `first_conv` to the model's input channels; keeps the model's own classifier when
-    the file's has another shape or is missing (the rest must match key for key).
+    Adapts `first_conv` (default: the model's first Conv2d weight) to the model's input
+    channels; keeps the model's own classifier when the file's has another shape or is missing;
+    a BatchNorm counter (`num_batches_tracked`) missing from an older file starts at 0. The
+    rest must match key for key.
     """
     want = model.state_dict()
-    state = map_keys(state)
-    if first_conv in state and first_conv in want:
+    state = map_keys(state, model)
+    first_conv = first_conv if first_conv is not None else _first_conv_key(model)
+    if first_conv is not None and first_conv in state and first_conv in want:
         have, need = state[first_conv], want[first_conv]
         if have.ndim == 4 and have.shape[1] != need.shape[1] and have.shape[2:] == need.shape[2:]:
             state[first_conv] = adapt_input_conv(have, need.shape[1])
@@ -145,6 +166,10 @@ def fit_state_dict(
         if not same:  # another number of classes, or none: keep the fresh classifier
             state = {k: v for k, v in state.items() if not k.startswith(head)}
             state.update(mine)
+    for key in want:
+        bn = key.removesuffix("num_batches_tracked")
+        if bn != key and key not in state and f"{bn}running_mean" in state:
+            state[key] = torch.zeros_like(want[key])
     missing = [k for k in want if k not in state]
     unexpected = [k for k in state if k not in want]
     shapes = [
@@ -180,9 +205,7 @@ def _mismatch_message(
     )
 
 
-def load_pretrained(
-    model: nn.Module, path: str | Path, first_conv: str = "conv1.weight"
-) -> nn.Module:
+def load_pretrained(model: nn.Module, path: str | Path, first_conv: str | None = None) -> nn.Module:
     """Load a weights file into `model` (checked, then strict); returns the model."""
     state = fit_state_dict(model, read_state_dict(path), path, first_conv)
     model.load_state_dict(state, strict=True)
