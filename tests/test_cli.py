@@ -140,8 +140,8 @@ def test_summary_shows_groups(fashion, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["find", "--num-it", "5"], "num_it=5"),
-        (["find", "--start-lr", "1", "--end-lr", "0.5"], "below end_lr"),
+        (["find", "--num-it", "5"], "--num-it=5 is too few"),
+        (["find", "--start-lr", "1", "--end-lr", "0.5"], "--start-lr (1) must be below --end-lr"),
         (["find", "--arch", "vgg99"], "vgg99"),
         (["find", "--bs", "0"], "positive integer"),
         (["find", "--device", "cuda:7"], "cuda"),
@@ -263,3 +263,62 @@ def test_more_bad_input_exits_2_without_a_traceback(argv, message, pets_root, tm
     assert code == 2, err
     assert message in out + err and "Traceback" not in out + err
     assert len(err.strip().splitlines()) == 1 and "error:" in err  # the reason, on one line
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train", "--size", "0"], "train: error: --size must be a positive integer, got '0'"),
+        (["train", "--valid-pct", "1.5"], "--valid-pct must be a number in (0, 1), got '1.5'"),
+        (["find", "--valid-pct", "abc"], "--valid-pct must be a number in (0, 1), got 'abc'"),
+        (["find", "--valid-pct", "nan"], "--valid-pct must be a number in (0, 1), got 'nan'"),
+        (["find", "--start-lr", "inf"], "--start-lr must be a positive number, got 'inf'"),
+        (["find", "--div-thresh", "0.5"], "--div-thresh must be a number > 1, got '0.5'"),
+        (["train", "--freeze-epochs", "-1"], "--freeze-epochs must be an integer >= 0, got '-1'"),
+        (["compare", "--seed", "x"], "--seed must be an integer, got 'x'"),
+        (["summary", "--workers", "-2"], "--workers must be an integer >= 0, got '-2'"),
+        (["find", "--mode", "cubic"], "--mode: invalid choice: 'cubic'"),
+        (["find", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["predict"], "lrkit predict: error: the following arguments are required: model"),
+        (["launch"], "lrkit: error: COMMAND: invalid choice: 'launch'"),
+    ],
+)
+def test_every_bad_value_is_one_line_naming_the_flag(argv, line, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err  # no usage block
+    assert line in err and "usage:" not in err and "_fraction" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["find", "--data", "{images}", "--label-re", "no-group"], "--label-re 'no-group'"),
+        (["find", "--data", "{images}", "--label-re", "("], "--label-re '('"),
+        (["find", "--dataset", "pets", "--data", "{no_lists}"], "(--valid-pct)"),
+    ],
+)
+def test_library_errors_speak_cli_flags(argv, flag, pets_root, tmp_path, capsys):
+    no_lists = tmp_path / "no_lists"
+    (no_lists / "images").mkdir(parents=True)
+    fill = {"{images}": str(pets_root / "images"), "{no_lists}": str(no_lists)}
+    argv = [fill.get(arg, arg) for arg in argv] + [*IMAGES, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err, err
+    assert "label_re" not in err and "split=" not in err and "valid_pct" not in err
+
+
+def test_flag_translation_leaves_paths_and_words_alone():
+    from lrkit.cli import build_parser
+    from lrkit.cli_args import option_names, speak_flags
+
+    flags = option_names(build_parser())
+    message = (
+        "/data/num_it/x.png: num_it=5 is too few, use num_it >= 10; check label_re, the batch "
+        "size and the data, or pass path= to a folder, or multi_label=True"
+    )
+    assert speak_flags(message, flags) == (
+        "/data/num_it/x.png: --num-it=5 is too few, use --num-it >= 10; check --label-re, the "
+        "batch size and the data, or pass --data to a folder, or --multi-label"
+    )

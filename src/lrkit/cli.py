@@ -27,6 +27,20 @@ import lrkit
 from lrkit import suggest
 from lrkit.callbacks import CSVLogger, ProgressCallback
 from lrkit.checkpoint import load_learner
+from lrkit.cli_args import (
+    ArgumentError,
+    Parser,
+    UsageError,
+    above_one,
+    add_common,
+    add_data,
+    add_model,
+    add_range_test,
+    non_negative_int,
+    option_names,
+    positive_int,
+    speak_flags,
+)
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
@@ -39,11 +53,6 @@ from lrkit.report import rich_table
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
 EXIT_USAGE = 2
-DATASETS = ("fashion-mnist", "pets")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, exit code 2."""
 
 
 # ------------------------------------------------------------------------------ data and model
@@ -181,72 +190,8 @@ def data_summary(options: DataOptions, dls: DataLoaders) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ arguments
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("lrkit-out"), help="output folder")
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data order")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-
-
-def _add_data(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, help="a named dataset")
-    group.add_argument("--data", help="the dataset's folder, or a folder of your images")
-    group.add_argument("--label-re", help="regex whose first group is the label of a file name")
-    group.add_argument("--labels", help="CSV: file name, label(s)")
-    group.add_argument("--multi-label", action="store_true", help="space-separated labels")
-    group.add_argument("--valid-pct", type=_fraction, help="random validation share")
-    group.add_argument("--presize", type=_positive_int, default=460, help="short side, pixels")
-    group.add_argument("--size", type=_positive_int, default=224, help="training size, pixels")
-    group.add_argument("--bs", type=_positive_int, help="batch size")
-    group.add_argument("--workers", type=int, help="loader worker processes")
-    group.add_argument("--train-subset", type=_positive_int, help="Fashion-MNIST: train items")
-    group.add_argument("--valid-subset", type=_positive_int, help="Fashion-MNIST: valid items")
-
-
-def _add_model(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--arch", help="resnet_small, resnet18..resnet152 (default by dataset)")
-    group.add_argument("--pretrained", help="PATH, imagenet or none (default by arch)")
-    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-
-
-def _add_range_test(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("range test")
-    group.add_argument("--num-it", type=_positive_int, default=100, help="optimizer steps")
-    group.add_argument("--start-lr", type=_positive_float, default=1e-7)
-    group.add_argument("--end-lr", type=_positive_float, default=10.0)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lrkit", description="Learning-rate range tests and fine-tuning for PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
@@ -254,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=description)
-        _add_common(sub)
+        add_common(sub)
         return sub
 
     find = command(
@@ -263,13 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the learning-rate range test and print every rule's suggestion. "
         "Writes lr_find.png and lr_find.json into --out.",
     )
-    _add_data(find)
-    _add_model(find)
-    _add_range_test(find)
+    add_data(find)
+    add_model(find)
+    add_range_test(find)
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
-    find.add_argument("--div-thresh", type=float, default=4.0, help="stop at this x best loss")
+    find.add_argument("--div-thresh", type=above_one, default=4.0, help="stop at this x best loss")
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
-    find.add_argument("--repeats", type=_positive_int, default=1, help="runs on other data orders")
+    find.add_argument("--repeats", type=positive_int, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)
 
     train = command(
@@ -279,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
         "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
     )
-    _add_data(train)
-    _add_model(train)
-    _add_range_test(train)
-    train.add_argument("--epochs", type=_positive_int, default=1)
+    add_data(train)
+    add_model(train)
+    add_range_test(train)
+    train.add_argument("--epochs", type=positive_int, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
-    train.add_argument("--freeze-epochs", type=int, default=0, help="head-only epochs first")
+    train.add_argument(
+        "--freeze-epochs", type=non_negative_int, default=0, help="head-only epochs first"
+    )
     train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     train.set_defaults(run=run_train)
 
@@ -294,17 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
         "One range test, then for each rule the same recipe from the same initial weights and "
         "seed. Writes lr_find.png, valid_loss.png, comparison.json, report.md and report.html.",
     )
-    _add_data(compare)
-    _add_model(compare)
-    _add_range_test(compare)
+    add_data(compare)
+    add_model(compare)
+    add_range_test(compare)
     compare.add_argument("--rules", default=",".join(suggest.rule_names()), help="comma list")
-    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--epochs", type=positive_int, default=2)
     compare.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     compare.set_defaults(run=run_compare)
 
     summary = command("summary", "layer groups, frozen state, parameter counts", "")
-    _add_data(summary)
-    _add_model(summary)
+    add_data(summary)
+    add_model(summary)
     summary.set_defaults(run=run_summary)
 
     predict = command("predict", "labels for image files from an exported model", "")
@@ -477,8 +424,6 @@ def _describe(lr: float | slice) -> str | list[float]:
 def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots."""
     spec = parse_lr(args.lr)
-    if args.freeze_epochs < 0:
-        raise UsageError(f"--freeze-epochs must be >= 0, got {args.freeze_epochs}")
     options, dls, learn = _setup(args, console)
     args.out.mkdir(parents=True, exist_ok=True)
     stages: list[dict[str, Any]] = []
@@ -602,15 +547,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as stop:  # argparse has printed its one-line message
+    except SystemExit as stop:  # --help and --version
         return int(stop.code or 0)
+    except ArgumentError as error:
+        print(f"{error.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     console = Console(stderr=args.json, highlight=False)
     try:
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f"--out {args.out} is a file; give a folder for the results")
         result = args.run(args, console)
     except (UsageError, ValueError, OSError, re.error, DownloadError) as error:
-        print(f"lrkit {args.command}: error: {error}", file=sys.stderr)
+        message = speak_flags(str(error), option_names(parser))
+        print(f"lrkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"lrkit {args.command}: interrupted", file=sys.stderr)
