@@ -322,3 +322,28 @@ def test_flag_translation_leaves_paths_and_words_alone():
         "/data/num_it/x.png: --num-it=5 is too few, use --num-it >= 10; check --label-re, the "
         "batch size and the data, or pass --data to a folder, or --multi-label"
     )
+
+
+@pytest.mark.parametrize("command", ["find", "train", "compare"])
+@pytest.mark.parametrize("where", ["output name is a folder", "parent is a file", "under /proc"])
+def test_unwritable_output_is_refused_before_any_work(command, where, fashion, tmp_path, capsys):
+    out = tmp_path / "run"
+    taken = {"find": "lr_find.json", "train": "model.lrk", "compare": "report.html"}[command]
+    if where == "output name is a folder":
+        (out / taken).mkdir(parents=True)
+    elif where == "parent is a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+    else:
+        out = "/proc/lrkit-no-such-dir/run"
+    argv = [command, *fashion, "--num-it", "10", "--out", str(out)]
+    argv += {"train": ["--lr", "1e-3"], "compare": ["--rules", "minimum", "--epochs", "1"]}.get(
+        command, []
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # the error, and no data loaded before it
+    assert str(out) in err and "--out" in err
+    if where == "output name is a folder":
+        assert taken in err
+        assert not (out / "metrics.csv").exists() and not (out / "lr_find.png").exists()

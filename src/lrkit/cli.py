@@ -36,6 +36,7 @@ from lrkit.cli_args import (
     add_data,
     add_model,
     add_range_test,
+    check_outputs,
     non_negative_int,
     option_names,
     positive_int,
@@ -301,6 +302,7 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
 def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any, VisionLearner]:
     options = _data_options(args)
     args.dataset = options.dataset
+    pick_device(args.device)  # a bad --device is found before the data is loaded
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", JunkWarning)
         try:
@@ -330,6 +332,7 @@ def _suggestion_table(title: str, suggestions: dict[str, float], spread=None) ->
 
 def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit find`: the range test; table on screen, plot and JSON on disk."""
+    check_outputs(args.out, ["lr_find.png", "lr_find.json"])
     options, dls, learn = _setup(args, console)
     settings = {
         "start_lr": args.start_lr,
@@ -359,7 +362,6 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         table = _suggestion_table(
             f"suggestions ({found.stop_reason} after {len(found.lrs)} steps)", found.suggestions
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     found.plot(args.out / "lr_find.png")
     record["data"] = data_summary(options, dls)
     record["model"] = {"arch": args.arch, "groups": learn.n_groups, "frozen_idx": learn.frozen_idx}
@@ -424,8 +426,12 @@ def _describe(lr: float | slice) -> str | list[float]:
 def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots."""
     spec = parse_lr(args.lr)
+    outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
+    if isinstance(spec, str):  # a rule: one range-test plot per stage
+        names = ["frozen", "unfrozen"] if args.freeze_epochs else ["train"]
+        outputs += [f"lr_find_{name}.png" for name in names]
+    check_outputs(args.out, outputs)
     options, dls, learn = _setup(args, console)
-    args.out.mkdir(parents=True, exist_ok=True)
     stages: list[dict[str, Any]] = []
 
     def fit(stage: str, epochs: int, lr: float | slice, found: LRFindResult | None) -> None:
@@ -482,6 +488,9 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         config.check()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_outputs(
+        args.out, ["lr_find.png", "valid_loss.png", "comparison.json", "report.md", "report.html"]
+    )
     options, dls, learn = _setup(args, console)
     comparison = compare_rules(learn, config)
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
@@ -539,6 +548,7 @@ def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, An
     config = DemoConfig(
         quick=args.quick, seed=args.seed, data_path=args.data, device=str(pick_device(args.device))
     )
+    check_outputs(args.out, ["lr_find.png", "report.md", "report.html", "demo.json"], ["compare"])
     return run_demo(config, args.out, console)
 
 

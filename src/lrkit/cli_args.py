@@ -1,4 +1,4 @@
-"""The `lrkit` command's arguments: value types, the option groups, and one-line errors.
+"""The `lrkit` command's arguments: value types, option groups, one-line errors, output checks.
 
 Every bad value is reported in one line that names the flag (`--valid-pct must be a number in
 (0, 1), got '1.5'`), never argparse's usage block. Library errors name Python arguments
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -172,3 +175,44 @@ def speak_flags(message: str, flags: dict[str, str]) -> str:
         if "_" in name:
             message = re.sub(_EDGE_BEFORE + re.escape(name) + _EDGE_AFTER, flag, message)
     return message
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def check_outputs(folder: Path, files: Sequence[str], folders: Sequence[str] = ()) -> None:
+    """Create `folder` and make sure every output the command will write there can be written,
+    before any work starts (so no training is lost to a bad --out at the end).
+
+    Raises UsageError naming the path when the folder cannot be created, nothing can be
+    written in it, an output file's name is taken by a folder (or a read-only file), or an
+    output folder's name by a file.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"--out {folder} cannot be created ({error.strerror or error}); choose another --out"
+        ) from None
+    try:  # as root, permission bits say little: try it
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lrkit-write-test-"):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"--out {folder} is not writable ({error.strerror or error}); choose another --out"
+        ) from None
+    for name in files:
+        path = folder / name
+        if path.is_dir():
+            raise UsageError(
+                f"--out {folder} holds a folder named {name}, where lrkit writes its {name} "
+                "file; move it away or choose another --out"
+            )
+        if path.exists() and not os.access(path, os.W_OK):
+            raise UsageError(f"{path} is read-only; move it away or choose another --out")
+    for name in folders:
+        if (folder / name).exists() and not (folder / name).is_dir():
+            raise UsageError(
+                f"--out {folder} holds a file named {name}, where lrkit writes a folder; move "
+                "it away or choose another --out"
+            )
