@@ -347,3 +347,72 @@ def test_unwritable_output_is_refused_before_any_work(command, where, fashion, t
     if where == "output name is a folder":
         assert taken in err
         assert not (out / "metrics.csv").exists() and not (out / "lr_find.png").exists()
+
+
+def ctrl_c_at(monkeypatch, batch, how="signal"):
+    """Ctrl-C after the command's `batch`-th training batch (counted over all its fits):
+    a real SIGINT (what a terminal sends), or a KeyboardInterrupt raised in a callback."""
+    import os
+    import signal
+
+    import lrkit.cli
+    from lrkit.callbacks import ProgressCallback
+
+    class CtrlC(ProgressCallback):
+        seen = 0
+
+        def after_batch(self, learn):
+            super().after_batch(learn)
+            CtrlC.seen += 1
+            if CtrlC.seen == batch and how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            elif CtrlC.seen == batch:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrkit.cli, "ProgressCallback", CtrlC)
+
+
+def test_ctrl_c_in_the_frozen_stage_stops_the_whole_train(fashion, tmp_path, monkeypatch, capsys):
+    ctrl_c_at(monkeypatch, batch=2)  # 4 batches per epoch: epoch 0 of the frozen stage
+    out = tmp_path / "run"
+    argv = ["train", *fashion, "--freeze-epochs", "2", "--epochs", "1", "--lr", "1e-3",
+            "--out", str(out), "--json"]  # fmt: skip
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert (
+        captured.err.strip()
+        .splitlines()[-1]
+        .startswith("lrkit train: interrupted (Ctrl-C) in the frozen stage at epoch 0, batch 1")
+    )
+    record = json.loads(captured.out)
+    saved = json.loads((out / "train.json").read_text())
+    assert record["interrupted"] is saved["interrupted"] is True
+    assert [stage["stage"] for stage in saved["stages"]] == ["frozen"]  # never unfrozen
+    assert ",train," not in (out / "metrics.csv").read_text()
+    assert (out / "model.lrk").stat().st_size > 0  # the model as of the interruption
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_in_train_exits_130_and_keeps_the_epochs_done(
+    how, fashion, tmp_path, monkeypatch, capsys
+):
+    ctrl_c_at(monkeypatch, batch=6, how=how)  # epoch 1 of 2
+    out = tmp_path / "run"
+    argv = ["train", *fashion, "--epochs", "2", "--lr", "1e-3", "--out", str(out)]
+    assert main(argv) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err.strip().splitlines()[-1]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in rows[1:]] == [["train", "0"]]
+    assert json.loads((out / "train.json").read_text())["interrupted"] is True
+    assert (out / "model.lrk").exists()
+
+
+def test_ctrl_c_in_compare_stops_after_that_rule(fashion, tmp_path, monkeypatch, capsys):
+    ctrl_c_at(monkeypatch, batch=2)
+    argv = ["compare", *fashion, "--rules", "minimum,valley", "--epochs", "1",
+            "--num-it", "10", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 130
+    assert "after 1 of 2 rules" in capsys.readouterr().err.strip().splitlines()[-1]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["interrupted"] is True and saved["best_rule"] is None
+    assert [(row["rule"], row["interrupted"]) for row in saved["rows"]] == [("minimum", True)]

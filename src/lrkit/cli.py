@@ -2,7 +2,9 @@
 
 `main(argv)` returns the exit code, so tests call it in-process. Human output goes to stdout,
 or to stderr when `--json` puts one JSON object on stdout. A bad argument or path gets one
-line on stderr and exit code 2, never a traceback.
+line on stderr and exit code 2, never a traceback; every output is checked writable before any
+work. Ctrl-C stops the whole command (not only the fit it lands in): what was done so far is
+written, marked `"interrupted": true`, and the exit code is 130.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from lrkit.report import rich_table
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 # ------------------------------------------------------------------------------ data and model
@@ -446,12 +449,23 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             {"stage": stage, "epochs": epochs, "lr": _describe(lr), "range_test_warnings": warned}
         )
 
-    if args.freeze_epochs > 0:
-        learn.freeze()
-        fit("frozen", args.freeze_epochs, *_resolve_lr(spec, learn, args, "frozen", console))
-        learn.unfreeze()
-    stage = "unfrozen" if args.freeze_epochs else "train"
-    fit("train", args.epochs, *_resolve_lr(spec, learn, args, stage, console))
+    # (stage, its range-test name, epochs); the frozen stage trains the head only
+    plan = [("frozen", "frozen", args.freeze_epochs)] if args.freeze_epochs else []
+    plan.append(("train", "unfrozen" if args.freeze_epochs else "train", args.epochs))
+    interrupted = None  # where Ctrl-C stopped the command
+    for stage, test_name, epochs in plan:
+        try:
+            if test_name == "frozen":
+                learn.freeze()
+            elif test_name == "unfrozen":
+                learn.unfreeze()
+            fit(stage, epochs, *_resolve_lr(spec, learn, args, test_name, console))
+        except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
+            interrupted = f"during the {test_name} stage"
+        if learn.interrupted:  # the fit ended cleanly at the first Ctrl-C
+            interrupted = f"in the {test_name} stage at epoch {learn.epoch}, batch {learn.iter}"
+        if interrupted:
+            break
 
     learn.recorder.plot_losses(args.out / "losses.png")
     learn.recorder.plot_schedule(args.out / "schedule.png")
@@ -462,6 +476,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "final": {
             k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
         },
+        "interrupted": interrupted is not None,
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
         "model": str(model_path),
@@ -469,8 +484,19 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": versions(),
     }
     (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    console.print(f"wrote {model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png")
+    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, train.json"
+    if interrupted:
+        raise Interrupted(f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record)
+    console.print(f"wrote {written}")
     return record
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command that kept its results so far (`record`, marked interrupted)."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -496,14 +522,20 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
     console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
-    console.print(f"wrote {paths['report_md']} and {paths['report_html']}")
     best = comparison.best()
-    return {
+    record = {
         "rows": comparison.rows(),
         "best_rule": best.rule if best else None,
         "suggestions": {k: finite_or_none(v) for k, v in comparison.range_test.suggestions.items()},
+        "interrupted": comparison.interrupted,
         **extra,
     }
+    written = f"{paths['report_md']}, {paths['report_html']} and {paths['json']}"
+    if comparison.interrupted:
+        done = f"{len(comparison.runs)} of {len(config.rules)} rules"
+        raise Interrupted(f"interrupted (Ctrl-C) after {done}; wrote {written}", record)
+    console.print(f"wrote {written}")
+    return record
 
 
 def run_summary(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -571,9 +603,14 @@ def main(argv: list[str] | None = None) -> int:
         message = speak_flags(str(error), option_names(parser))
         print(f"lrkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as stop:  # what was done so far is written and marked
+        if args.json:
+            print(json.dumps(json_ready(stop.record), default=str, allow_nan=False))
+        print(f"lrkit {args.command}: {stop}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"lrkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return 0
