@@ -92,10 +92,31 @@ def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
     rows = predictions["predictions"]
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
-    assert main(["predict", str(out / "model.lrk"), str(not_an_image)]) == 2
+    assert main(["predict", str(out / "model.lrk"), str(not_an_image)]) == 1  # named, not usage
     assert "notes.txt" in capsys.readouterr().err
     assert [row["file"] for row in rows] == images
     assert all(len(row["probs"]) == 10 and 0 <= row["index"] < 10 for row in rows)
+
+    # a truncated JPEG, a missing file and a text file among good ones: each named on stderr,
+    # the good ones predicted in order, exit 1 at the end
+    good = Image.open(images[0]).convert("RGB")
+    good.save(tmp_path / "whole.jpg", quality=90)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    bad = [str(tmp_path / "truncated.jpg"), str(tmp_path / "gone.png"), str(not_an_image)]
+    argv = ["predict", str(out / "model.lrk"), images[0], bad[0], images[1], bad[1], bad[2],
+            images[2], "--json"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("lrkit predict")]
+    assert [line.split(": ")[2] for line in errors[:3]] == bad  # "lrkit predict: error: FILE: ..."
+    assert "3 of 6 files could not be read" in errors[3]
+    entries = json.loads(captured.out)["predictions"]
+    assert [entry["file"] for entry in entries] == argv[2:-1]
+    assert [entry["label"] for entry in entries if "label" in entry] == [
+        row["label"] for row in rows
+    ]
+    assert [entry["file"] for entry in entries if "error" in entry] == bad
 
 
 def test_train_with_a_rule_frozen_epochs_and_pretrained_body(fashion, tmp_path, capsys):

@@ -3,7 +3,8 @@
 `main(argv)` returns the exit code, so tests call it in-process. Human output goes to stdout,
 or to stderr when `--json` puts one JSON object on stdout. A bad argument or path gets one
 line on stderr and exit code 2, never a traceback; every output is checked writable before any
-work. Ctrl-C stops the whole command (not only the fit it lands in): what was done so far is
+work. `lrkit predict` names each file it cannot read, predicts the others and exits 1.
+Ctrl-C stops the whole command (not only the fit it lands in): what was done so far is
 written, marked `"interrupted": true`, and the exit code is 130.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -55,8 +57,19 @@ from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
+EXIT_SOME_FAILED = 1  # lrkit predict: some files could not be read, the others were predicted
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
+class Unfinished(Exception):
+    """A command did part of its work: `record` is what it did (written, and printed under
+    --json), `code` the exit code: EXIT_INTERRUPTED after Ctrl-C, EXIT_SOME_FAILED when some
+    inputs could not be used."""
+
+    def __init__(self, message: str, record: dict[str, Any], code: int) -> None:
+        super().__init__(message)
+        self.record, self.code = record, code
 
 
 # ------------------------------------------------------------------------------ data and model
@@ -486,17 +499,11 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
     written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, train.json"
     if interrupted:
-        raise Interrupted(f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record)
+        raise Unfinished(
+            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
+        )
     console.print(f"wrote {written}")
     return record
-
-
-class Interrupted(Exception):
-    """Ctrl-C stopped a command that kept its results so far (`record`, marked interrupted)."""
-
-    def __init__(self, message: str, record: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -533,7 +540,9 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     written = f"{paths['report_md']}, {paths['report_html']} and {paths['json']}"
     if comparison.interrupted:
         done = f"{len(comparison.runs)} of {len(config.rules)} rules"
-        raise Interrupted(f"interrupted (Ctrl-C) after {done}; wrote {written}", record)
+        raise Unfinished(
+            f"interrupted (Ctrl-C) after {done}; wrote {written}", record, EXIT_INTERRUPTED
+        )
     console.print(f"wrote {written}")
     return record
 
@@ -555,24 +564,44 @@ def run_summary(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
 
 
+# what decoding a bad image file raises (truncated, not an image, too large, ...)
+IMAGE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+
+
 def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """`lrkit predict MODEL FILES...`: one label (or label set) per image file."""
+    """`lrkit predict MODEL FILES...`: one label (or label set) per image file. A file that
+    cannot be read is named on stderr (and in --json as an error entry); the others are still
+    predicted, and the exit code is then 1."""
     if not Path(args.model).is_file():
         raise UsageError(f"model file {args.model} does not exist; export one with lrkit train")
-    missing = [name for name in args.files if not Path(name).is_file()]
-    if missing:
-        raise UsageError(f"no such image file(s): {', '.join(missing)}")
     predictor = load_learner(args.model, trust_pickle=args.trust_pickle)
-    rows = []
+    rows, failed = [], []
     for name in args.files:
-        prediction = predictor.predict(name)
+        try:
+            if not Path(name).is_file():
+                raise FileNotFoundError("no such file")
+            prediction = predictor.predict(name)
+        except IMAGE_ERRORS as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            print(f"lrkit predict: error: {name}: {reason}", file=sys.stderr)
+            rows.append({"file": name, "error": reason})
+            failed.append(name)
+            continue
         probs = [float(p) for p in prediction.probs]
         rows.append(
             {"file": name, "label": prediction.label, "index": prediction.index, "probs": probs}
         )
         confidence = max(probs) if probs else math.nan
         console.print(f"{name}: {prediction.label}  ({confidence:.3f})")
-    return {"predictions": rows}
+    record = {"predictions": rows, "failed": failed}
+    if failed:
+        raise Unfinished(
+            f"{len(failed)} of {len(args.files)} files could not be read (named above); "
+            "the others were predicted",
+            record,
+            EXIT_SOME_FAILED,
+        )
+    return record
 
 
 def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -603,11 +632,11 @@ def main(argv: list[str] | None = None) -> int:
         message = speak_flags(str(error), option_names(parser))
         print(f"lrkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except Interrupted as stop:  # what was done so far is written and marked
+    except Unfinished as stop:  # what was done so far is written and marked
         if args.json:
             print(json.dumps(json_ready(stop.record), default=str, allow_nan=False))
         print(f"lrkit {args.command}: {stop}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return stop.code
     except KeyboardInterrupt:
         print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
