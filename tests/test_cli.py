@@ -337,11 +337,13 @@ def test_flag_translation_leaves_paths_and_words_alone():
     flags = option_names(build_parser())
     message = (
         "/data/num_it/x.png: num_it=5 is too few, use num_it >= 10; check label_re, the batch "
-        "size and the data, or pass path= to a folder, or multi_label=True"
+        "size and the data, or pass path= to a folder, or multi_label=True; call "
+        "load_learner(path, trust_pickle=True) only if you trust it"
     )
     assert speak_flags(message, flags) == (
         "/data/num_it/x.png: --num-it=5 is too few, use --num-it >= 10; check --label-re, the "
-        "batch size and the data, or pass --data to a folder, or --multi-label"
+        "batch size and the data, or pass --data to a folder, or --multi-label; "
+        "pass --trust-pickle only if you trust it"
     )
 
 

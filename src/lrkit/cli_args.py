@@ -140,6 +140,7 @@ def add_range_test(parser: argparse.ArgumentParser) -> None:
 
 # Library arguments whose command-line flag has another name (or none but this wording).
 ALIASES = {
+    "call load_learner(path, trust_pickle=True)": "pass --trust-pickle",
     "path=None": "no --data",
     "path=": "--data",
     "split='random'": "--valid-pct",
