@@ -20,6 +20,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before hanging up
     ranges: list[str] = field(default_factory=list)  # Range headers received
+    types: dict[str, str] = field(default_factory=dict)  # path -> Content-Type sent
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -42,14 +43,19 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             if header:
                 state.ranges.append(header)
                 start = int(header.removeprefix("bytes=").split("-")[0])
-                if start >= len(body):
-                    self.send_error(416)
+                if start >= len(body):  # what an RFC 7233 server says: the size it has
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
+            if key in state.types:
+                self.send_header("Content-Type", state.types[key])
             self.end_headers()
             payload = body[start:]
             cut = state.cut_after.pop(key, None)

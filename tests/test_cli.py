@@ -92,10 +92,31 @@ def test_train_exports_a_model_that_predict_reads(fashion, tmp_path, capsys):
     rows = predictions["predictions"]
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
-    assert main(["predict", str(out / "model.lrk"), str(not_an_image)]) == 2
+    assert main(["predict", str(out / "model.lrk"), str(not_an_image)]) == 1  # named, not usage
     assert "notes.txt" in capsys.readouterr().err
     assert [row["file"] for row in rows] == images
     assert all(len(row["probs"]) == 10 and 0 <= row["index"] < 10 for row in rows)
+
+    # a truncated JPEG, a missing file and a text file among good ones: each named on stderr,
+    # the good ones predicted in order, exit 1 at the end
+    good = Image.open(images[0]).convert("RGB")
+    good.save(tmp_path / "whole.jpg", quality=90)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    bad = [str(tmp_path / "truncated.jpg"), str(tmp_path / "gone.png"), str(not_an_image)]
+    argv = ["predict", str(out / "model.lrk"), images[0], bad[0], images[1], bad[1], bad[2],
+            images[2], "--json"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("lrkit predict")]
+    assert [line.split(": ")[2] for line in errors[:3]] == bad  # "lrkit predict: error: FILE: ..."
+    assert "3 of 6 files could not be read" in errors[3]
+    entries = json.loads(captured.out)["predictions"]
+    assert [entry["file"] for entry in entries] == argv[2:-1]
+    assert [entry["label"] for entry in entries if "label" in entry] == [
+        row["label"] for row in rows
+    ]
+    assert [entry["file"] for entry in entries if "error" in entry] == bad
 
 
 def test_train_with_a_rule_frozen_epochs_and_pretrained_body(fashion, tmp_path, capsys):
@@ -140,8 +161,8 @@ def test_summary_shows_groups(fashion, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["find", "--num-it", "5"], "num_it=5"),
-        (["find", "--start-lr", "1", "--end-lr", "0.5"], "below end_lr"),
+        (["find", "--num-it", "5"], "--num-it=5 is too few"),
+        (["find", "--start-lr", "1", "--end-lr", "0.5"], "--start-lr (1) must be below --end-lr"),
         (["find", "--arch", "vgg99"], "vgg99"),
         (["find", "--bs", "0"], "positive integer"),
         (["find", "--device", "cuda:7"], "cuda"),
@@ -263,3 +284,158 @@ def test_more_bad_input_exits_2_without_a_traceback(argv, message, pets_root, tm
     assert code == 2, err
     assert message in out + err and "Traceback" not in out + err
     assert len(err.strip().splitlines()) == 1 and "error:" in err  # the reason, on one line
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["train", "--size", "0"], "train: error: --size must be a positive integer, got '0'"),
+        (["train", "--valid-pct", "1.5"], "--valid-pct must be a number in (0, 1), got '1.5'"),
+        (["find", "--valid-pct", "abc"], "--valid-pct must be a number in (0, 1), got 'abc'"),
+        (["find", "--valid-pct", "nan"], "--valid-pct must be a number in (0, 1), got 'nan'"),
+        (["find", "--start-lr", "inf"], "--start-lr must be a positive number, got 'inf'"),
+        (["find", "--div-thresh", "0.5"], "--div-thresh must be a number > 1, got '0.5'"),
+        (["train", "--freeze-epochs", "-1"], "--freeze-epochs must be an integer >= 0, got '-1'"),
+        (["compare", "--seed", "x"], "--seed must be an integer, got 'x'"),
+        (["summary", "--workers", "-2"], "--workers must be an integer >= 0, got '-2'"),
+        (["find", "--mode", "cubic"], "--mode: invalid choice: 'cubic'"),
+        (["find", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["predict"], "lrkit predict: error: the following arguments are required: model"),
+        (["launch"], "lrkit: error: COMMAND: invalid choice: 'launch'"),
+    ],
+)
+def test_every_bad_value_is_one_line_naming_the_flag(argv, line, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err  # no usage block
+    assert line in err and "usage:" not in err and "_fraction" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["find", "--data", "{images}", "--label-re", "no-group"], "--label-re 'no-group'"),
+        (["find", "--data", "{images}", "--label-re", "("], "--label-re '('"),
+        (["find", "--dataset", "pets", "--data", "{no_lists}"], "(--valid-pct)"),
+    ],
+)
+def test_library_errors_speak_cli_flags(argv, flag, pets_root, tmp_path, capsys):
+    no_lists = tmp_path / "no_lists"
+    (no_lists / "images").mkdir(parents=True)
+    fill = {"{images}": str(pets_root / "images"), "{no_lists}": str(no_lists)}
+    argv = [fill.get(arg, arg) for arg in argv] + [*IMAGES, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err, err
+    assert "label_re" not in err and "split=" not in err and "valid_pct" not in err
+
+
+def test_flag_translation_leaves_paths_and_words_alone():
+    from lrkit.cli import build_parser
+    from lrkit.cli_args import option_names, speak_flags
+
+    flags = option_names(build_parser())
+    message = (
+        "/data/num_it/x.png: num_it=5 is too few, use num_it >= 10; check label_re, the batch "
+        "size and the data, or pass path= to a folder, or multi_label=True; call "
+        "load_learner(path, trust_pickle=True) only if you trust it"
+    )
+    assert speak_flags(message, flags) == (
+        "/data/num_it/x.png: --num-it=5 is too few, use --num-it >= 10; check --label-re, the "
+        "batch size and the data, or pass --data to a folder, or --multi-label; "
+        "pass --trust-pickle only if you trust it"
+    )
+
+
+@pytest.mark.parametrize("command", ["find", "train", "compare"])
+@pytest.mark.parametrize("where", ["output name is a folder", "parent is a file", "under /proc"])
+def test_unwritable_output_is_refused_before_any_work(command, where, fashion, tmp_path, capsys):
+    out = tmp_path / "run"
+    taken = {"find": "lr_find.json", "train": "model.lrk", "compare": "report.html"}[command]
+    if where == "output name is a folder":
+        (out / taken).mkdir(parents=True)
+    elif where == "parent is a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+    else:
+        out = "/proc/lrkit-no-such-dir/run"
+    argv = [command, *fashion, "--num-it", "10", "--out", str(out)]
+    argv += {"train": ["--lr", "1e-3"], "compare": ["--rules", "minimum", "--epochs", "1"]}.get(
+        command, []
+    )
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err  # the error, and no data loaded before it
+    assert str(out) in err and "--out" in err
+    if where == "output name is a folder":
+        assert taken in err
+        assert not (out / "metrics.csv").exists() and not (out / "lr_find.png").exists()
+
+
+def ctrl_c_at(monkeypatch, batch, how="signal"):
+    """Ctrl-C after the command's `batch`-th training batch (counted over all its fits):
+    a real SIGINT (what a terminal sends), or a KeyboardInterrupt raised in a callback."""
+    import os
+    import signal
+
+    import lrkit.cli
+    from lrkit.callbacks import ProgressCallback
+
+    class CtrlC(ProgressCallback):
+        seen = 0
+
+        def after_batch(self, learn):
+            super().after_batch(learn)
+            CtrlC.seen += 1
+            if CtrlC.seen == batch and how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            elif CtrlC.seen == batch:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrkit.cli, "ProgressCallback", CtrlC)
+
+
+def test_ctrl_c_in_the_frozen_stage_stops_the_whole_train(fashion, tmp_path, monkeypatch, capsys):
+    ctrl_c_at(monkeypatch, batch=2)  # 4 batches per epoch: epoch 0 of the frozen stage
+    out = tmp_path / "run"
+    argv = ["train", *fashion, "--freeze-epochs", "2", "--epochs", "1", "--lr", "1e-3",
+            "--out", str(out), "--json"]  # fmt: skip
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert (
+        captured.err.strip()
+        .splitlines()[-1]
+        .startswith("lrkit train: interrupted (Ctrl-C) in the frozen stage at epoch 0, batch 1")
+    )
+    record = json.loads(captured.out)
+    saved = json.loads((out / "train.json").read_text())
+    assert record["interrupted"] is saved["interrupted"] is True
+    assert [stage["stage"] for stage in saved["stages"]] == ["frozen"]  # never unfrozen
+    assert ",train," not in (out / "metrics.csv").read_text()
+    assert (out / "model.lrk").stat().st_size > 0  # the model as of the interruption
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_in_train_exits_130_and_keeps_the_epochs_done(
+    how, fashion, tmp_path, monkeypatch, capsys
+):
+    ctrl_c_at(monkeypatch, batch=6, how=how)  # epoch 1 of 2
+    out = tmp_path / "run"
+    argv = ["train", *fashion, "--epochs", "2", "--lr", "1e-3", "--out", str(out)]
+    assert main(argv) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err.strip().splitlines()[-1]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in rows[1:]] == [["train", "0"]]
+    assert json.loads((out / "train.json").read_text())["interrupted"] is True
+    assert (out / "model.lrk").exists()
+
+
+def test_ctrl_c_in_compare_stops_after_that_rule(fashion, tmp_path, monkeypatch, capsys):
+    ctrl_c_at(monkeypatch, batch=2)
+    argv = ["compare", *fashion, "--rules", "minimum,valley", "--epochs", "1",
+            "--num-it", "10", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 130
+    assert "after 1 of 2 rules" in capsys.readouterr().err.strip().splitlines()[-1]
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["interrupted"] is True and saved["best_rule"] is None
+    assert [(row["rule"], row["interrupted"]) for row in saved["rows"]] == [("minimum", True)]

@@ -129,3 +129,44 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("LRKIT_CACHE")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "lrkit"
+
+
+ERROR_PAGE = b"<!DOCTYPE html>\n<html><body><h1>Service unavailable</h1></body></html>\n"
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
+def test_an_html_page_is_never_the_file(content_type: str, tmp_path: Path) -> None:
+    """Status 200, no checksum or size to check against: refused by its type or its first bytes."""
+    state = FileServer(files={"a.tar.gz": ERROR_PAGE}, types={"a.tar.gz": content_type})
+    with serve(state) as server, pytest.raises(DownloadError, match="HTML page") as info:
+        download(Remote(server.url("a.tar.gz")), tmp_path / "a.tar.gz", progress=False)
+    assert server.url("a.tar.gz") in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a .part
+
+
+def test_a_body_cut_short_is_never_the_file(tmp_path: Path) -> None:
+    """No checksum or size: the announced Content-Length decides; the rest is resumed."""
+    state = FileServer(files={"a.bin": PAYLOAD}, cut_after={"a.bin": 300_000})
+    with serve(state) as server:
+        with pytest.raises(DownloadError, match="stopped at 300000 of 1024000 bytes"):
+            download(Remote(server.url("a.bin")), tmp_path / "a.bin", progress=False)
+        assert not (tmp_path / "a.bin").exists()
+        assert (tmp_path / "a.bin.part").stat().st_size == 300_000
+        assert download(Remote(server.url("a.bin")), tmp_path / "a.bin", progress=False)
+    assert (tmp_path / "a.bin").read_bytes() == PAYLOAD and server.ranges == ["bytes=300000-"]
+
+
+def test_a_stale_part_longer_than_the_file_is_not_the_file(tmp_path: Path) -> None:
+    """The server answers 416 with the size it has: a .part of another size is fetched afresh."""
+    (tmp_path / "a.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 100))
+    with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
+        dest = download(Remote(server.url("a.bin")), tmp_path / "a.bin", progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / "a.bin.part").exists()
+
+
+def test_a_complete_part_is_finished_without_a_transfer(tmp_path: Path) -> None:
+    (tmp_path / "a.bin.part").write_bytes(PAYLOAD)
+    with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
+        dest = download(Remote(server.url("a.bin")), tmp_path / "a.bin", progress=False)
+    assert dest.read_bytes() == PAYLOAD and server.ranges == [f"bytes={len(PAYLOAD)}-"]

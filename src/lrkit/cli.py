@@ -2,7 +2,10 @@
 
 `main(argv)` returns the exit code, so tests call it in-process. Human output goes to stdout,
 or to stderr when `--json` puts one JSON object on stdout. A bad argument or path gets one
-line on stderr and exit code 2, never a traceback.
+line on stderr and exit code 2, never a traceback; every output is checked writable before any
+work. `lrkit predict` names each file it cannot read, predicts the others and exits 1.
+Ctrl-C stops the whole command (not only the fit it lands in): what was done so far is
+written, marked `"interrupted": true`, and the exit code is 130.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +31,21 @@ import lrkit
 from lrkit import suggest
 from lrkit.callbacks import CSVLogger, ProgressCallback
 from lrkit.checkpoint import load_learner
+from lrkit.cli_args import (
+    ArgumentError,
+    Parser,
+    UsageError,
+    above_one,
+    add_common,
+    add_data,
+    add_model,
+    add_range_test,
+    check_outputs,
+    non_negative_int,
+    option_names,
+    positive_int,
+    speak_flags,
+)
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
@@ -38,12 +57,19 @@ from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
+EXIT_SOME_FAILED = 1  # lrkit predict: some files could not be read, the others were predicted
 EXIT_USAGE = 2
-DATASETS = ("fashion-mnist", "pets")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, exit code 2."""
+class Unfinished(Exception):
+    """A command did part of its work: `record` is what it did (written, and printed under
+    --json), `code` the exit code: EXIT_INTERRUPTED after Ctrl-C, EXIT_SOME_FAILED when some
+    inputs could not be used."""
+
+    def __init__(self, message: str, record: dict[str, Any], code: int) -> None:
+        super().__init__(message)
+        self.record, self.code = record, code
 
 
 # ------------------------------------------------------------------------------ data and model
@@ -181,75 +207,8 @@ def data_summary(options: DataOptions, dls: DataLoaders) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ arguments
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("lrkit-out"), help="output folder")
-    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data order")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-
-
-def _add_data(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASETS, help="a named dataset")
-    group.add_argument("--data", help="the dataset's folder, or a folder of your images")
-    group.add_argument("--label-re", help="regex whose first group is the label of a file name")
-    group.add_argument("--labels", help="CSV: file name, label(s)")
-    group.add_argument("--multi-label", action="store_true", help="space-separated labels")
-    group.add_argument("--valid-pct", type=_fraction, help="random validation share")
-    group.add_argument("--presize", type=_positive_int, default=460, help="short side, pixels")
-    group.add_argument("--size", type=_positive_int, default=224, help="training size, pixels")
-    group.add_argument("--bs", type=_positive_int, help="batch size")
-    group.add_argument("--workers", type=int, help="loader worker processes")
-    group.add_argument("--train-subset", type=_positive_int, help="Fashion-MNIST: train items")
-    group.add_argument("--valid-subset", type=_positive_int, help="Fashion-MNIST: valid items")
-
-
-def _add_model(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--arch",
-        help="resnet_small, resnet18..resnet152, efficientnet_lite0..4 (default by dataset)",
-    )
-    group.add_argument("--pretrained", help="PATH, imagenet or none (default by arch)")
-    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-
-
-def _add_range_test(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("range test")
-    group.add_argument("--num-it", type=_positive_int, default=100, help="optimizer steps")
-    group.add_argument("--start-lr", type=_positive_float, default=1e-7)
-    group.add_argument("--end-lr", type=_positive_float, default=10.0)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lrkit", description="Learning-rate range tests and fine-tuning for PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"lrkit {lrkit.__version__}")
@@ -257,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=description)
-        _add_common(sub)
+        add_common(sub)
         return sub
 
     find = command(
@@ -266,13 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the learning-rate range test and print every rule's suggestion. "
         "Writes lr_find.png and lr_find.json into --out.",
     )
-    _add_data(find)
-    _add_model(find)
-    _add_range_test(find)
+    add_data(find)
+    add_model(find)
+    add_range_test(find)
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
-    find.add_argument("--div-thresh", type=float, default=4.0, help="stop at this x best loss")
+    find.add_argument("--div-thresh", type=above_one, default=4.0, help="stop at this x best loss")
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
-    find.add_argument("--repeats", type=_positive_int, default=1, help="runs on other data orders")
+    find.add_argument("--repeats", type=positive_int, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)
 
     train = command(
@@ -282,12 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
         "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
         "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
     )
-    _add_data(train)
-    _add_model(train)
-    _add_range_test(train)
-    train.add_argument("--epochs", type=_positive_int, default=1)
+    add_data(train)
+    add_model(train)
+    add_range_test(train)
+    train.add_argument("--epochs", type=positive_int, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
-    train.add_argument("--freeze-epochs", type=int, default=0, help="head-only epochs first")
+    train.add_argument(
+        "--freeze-epochs", type=non_negative_int, default=0, help="head-only epochs first"
+    )
     train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     train.set_defaults(run=run_train)
 
@@ -297,17 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
         "One range test, then for each rule the same recipe from the same initial weights and "
         "seed. Writes lr_find.png, valid_loss.png, comparison.json, report.md and report.html.",
     )
-    _add_data(compare)
-    _add_model(compare)
-    _add_range_test(compare)
+    add_data(compare)
+    add_model(compare)
+    add_range_test(compare)
     compare.add_argument("--rules", default=",".join(suggest.rule_names()), help="comma list")
-    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--epochs", type=positive_int, default=2)
     compare.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     compare.set_defaults(run=run_compare)
 
     summary = command("summary", "layer groups, frozen state, parameter counts", "")
-    _add_data(summary)
-    _add_model(summary)
+    add_data(summary)
+    add_model(summary)
     summary.set_defaults(run=run_summary)
 
     predict = command("predict", "labels for image files from an exported model", "")
@@ -357,6 +318,7 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
 def _setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any, VisionLearner]:
     options = _data_options(args)
     args.dataset = options.dataset
+    pick_device(args.device)  # a bad --device is found before the data is loaded
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", JunkWarning)
         try:
@@ -386,6 +348,7 @@ def _suggestion_table(title: str, suggestions: dict[str, float], spread=None) ->
 
 def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit find`: the range test; table on screen, plot and JSON on disk."""
+    check_outputs(args.out, ["lr_find.png", "lr_find.json"])
     options, dls, learn = _setup(args, console)
     settings = {
         "start_lr": args.start_lr,
@@ -415,7 +378,6 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         table = _suggestion_table(
             f"suggestions ({found.stop_reason} after {len(found.lrs)} steps)", found.suggestions
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     found.plot(args.out / "lr_find.png")
     record["data"] = data_summary(options, dls)
     record["model"] = {"arch": args.arch, "groups": learn.n_groups, "frozen_idx": learn.frozen_idx}
@@ -480,10 +442,12 @@ def _describe(lr: float | slice) -> str | list[float]:
 def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots."""
     spec = parse_lr(args.lr)
-    if args.freeze_epochs < 0:
-        raise UsageError(f"--freeze-epochs must be >= 0, got {args.freeze_epochs}")
+    outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
+    if isinstance(spec, str):  # a rule: one range-test plot per stage
+        names = ["frozen", "unfrozen"] if args.freeze_epochs else ["train"]
+        outputs += [f"lr_find_{name}.png" for name in names]
+    check_outputs(args.out, outputs)
     options, dls, learn = _setup(args, console)
-    args.out.mkdir(parents=True, exist_ok=True)
     stages: list[dict[str, Any]] = []
 
     def fit(stage: str, epochs: int, lr: float | slice, found: LRFindResult | None) -> None:
@@ -498,12 +462,23 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             {"stage": stage, "epochs": epochs, "lr": _describe(lr), "range_test_warnings": warned}
         )
 
-    if args.freeze_epochs > 0:
-        learn.freeze()
-        fit("frozen", args.freeze_epochs, *_resolve_lr(spec, learn, args, "frozen", console))
-        learn.unfreeze()
-    stage = "unfrozen" if args.freeze_epochs else "train"
-    fit("train", args.epochs, *_resolve_lr(spec, learn, args, stage, console))
+    # (stage, its range-test name, epochs); the frozen stage trains the head only
+    plan = [("frozen", "frozen", args.freeze_epochs)] if args.freeze_epochs else []
+    plan.append(("train", "unfrozen" if args.freeze_epochs else "train", args.epochs))
+    interrupted = None  # where Ctrl-C stopped the command
+    for stage, test_name, epochs in plan:
+        try:
+            if test_name == "frozen":
+                learn.freeze()
+            elif test_name == "unfrozen":
+                learn.unfreeze()
+            fit(stage, epochs, *_resolve_lr(spec, learn, args, test_name, console))
+        except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
+            interrupted = f"during the {test_name} stage"
+        if learn.interrupted:  # the fit ended cleanly at the first Ctrl-C
+            interrupted = f"in the {test_name} stage at epoch {learn.epoch}, batch {learn.iter}"
+        if interrupted:
+            break
 
     learn.recorder.plot_losses(args.out / "losses.png")
     learn.recorder.plot_schedule(args.out / "schedule.png")
@@ -514,6 +489,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "final": {
             k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
         },
+        "interrupted": interrupted is not None,
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
         "model": str(model_path),
@@ -521,7 +497,12 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": versions(),
     }
     (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    console.print(f"wrote {model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png")
+    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, train.json"
+    if interrupted:
+        raise Unfinished(
+            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
+        )
+    console.print(f"wrote {written}")
     return record
 
 
@@ -540,19 +521,30 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         config.check()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    check_outputs(
+        args.out, ["lr_find.png", "valid_loss.png", "comparison.json", "report.md", "report.html"]
+    )
     options, dls, learn = _setup(args, console)
     comparison = compare_rules(learn, config)
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
     console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
-    console.print(f"wrote {paths['report_md']} and {paths['report_html']}")
     best = comparison.best()
-    return {
+    record = {
         "rows": comparison.rows(),
         "best_rule": best.rule if best else None,
         "suggestions": {k: finite_or_none(v) for k, v in comparison.range_test.suggestions.items()},
+        "interrupted": comparison.interrupted,
         **extra,
     }
+    written = f"{paths['report_md']}, {paths['report_html']} and {paths['json']}"
+    if comparison.interrupted:
+        done = f"{len(comparison.runs)} of {len(config.rules)} rules"
+        raise Unfinished(
+            f"interrupted (Ctrl-C) after {done}; wrote {written}", record, EXIT_INTERRUPTED
+        )
+    console.print(f"wrote {written}")
+    return record
 
 
 def run_summary(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -572,24 +564,44 @@ def run_summary(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
 
 
+# what decoding a bad image file raises (truncated, not an image, too large, ...)
+IMAGE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+
+
 def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """`lrkit predict MODEL FILES...`: one label (or label set) per image file."""
+    """`lrkit predict MODEL FILES...`: one label (or label set) per image file. A file that
+    cannot be read is named on stderr (and in --json as an error entry); the others are still
+    predicted, and the exit code is then 1."""
     if not Path(args.model).is_file():
         raise UsageError(f"model file {args.model} does not exist; export one with lrkit train")
-    missing = [name for name in args.files if not Path(name).is_file()]
-    if missing:
-        raise UsageError(f"no such image file(s): {', '.join(missing)}")
     predictor = load_learner(args.model, trust_pickle=args.trust_pickle)
-    rows = []
+    rows, failed = [], []
     for name in args.files:
-        prediction = predictor.predict(name)
+        try:
+            if not Path(name).is_file():
+                raise FileNotFoundError("no such file")
+            prediction = predictor.predict(name)
+        except IMAGE_ERRORS as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            print(f"lrkit predict: error: {name}: {reason}", file=sys.stderr)
+            rows.append({"file": name, "error": reason})
+            failed.append(name)
+            continue
         probs = [float(p) for p in prediction.probs]
         rows.append(
             {"file": name, "label": prediction.label, "index": prediction.index, "probs": probs}
         )
         confidence = max(probs) if probs else math.nan
         console.print(f"{name}: {prediction.label}  ({confidence:.3f})")
-    return {"predictions": rows}
+    record = {"predictions": rows, "failed": failed}
+    if failed:
+        raise Unfinished(
+            f"{len(failed)} of {len(args.files)} files could not be read (named above); "
+            "the others were predicted",
+            record,
+            EXIT_SOME_FAILED,
+        )
+    return record
 
 
 def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -597,6 +609,7 @@ def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, An
     config = DemoConfig(
         quick=args.quick, seed=args.seed, data_path=args.data, device=str(pick_device(args.device))
     )
+    check_outputs(args.out, ["lr_find.png", "report.md", "report.html", "demo.json"], ["compare"])
     return run_demo(config, args.out, console)
 
 
@@ -605,19 +618,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as stop:  # argparse has printed its one-line message
+    except SystemExit as stop:  # --help and --version
         return int(stop.code or 0)
+    except ArgumentError as error:
+        print(f"{error.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     console = Console(stderr=args.json, highlight=False)
     try:
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f"--out {args.out} is a file; give a folder for the results")
         result = args.run(args, console)
     except (UsageError, ValueError, OSError, re.error, DownloadError) as error:
-        print(f"lrkit {args.command}: error: {error}", file=sys.stderr)
+        message = speak_flags(str(error), option_names(parser))
+        print(f"lrkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except Unfinished as stop:  # what was done so far is written and marked
+        if args.json:
+            print(json.dumps(json_ready(stop.record), default=str, allow_nan=False))
+        print(f"lrkit {args.command}: {stop}", file=sys.stderr)
+        return stop.code
     except KeyboardInterrupt:
-        print(f"lrkit {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return 0

@@ -66,6 +66,7 @@ class RuleRun:
     seconds: float
     valid_losses: list[float | None] = field(default_factory=list)  # per finished epoch
     note: str = ""
+    interrupted: bool = False  # Ctrl-C ended it early: shown, never ranked
 
     def value(self, name: str) -> float | None:
         """A column of the table by name: lr, train_loss, valid_loss or a metric."""
@@ -82,13 +83,18 @@ class Comparison:
     runs: list[RuleRun]
     config: CompareConfig
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped the comparison (its last run is cut short, later rules absent)."""
+        return any(run.interrupted for run in self.runs)
+
     def best(self) -> RuleRun | None:
         """The run with the lowest ranking metric (valid loss if the metric is missing),
         among runs that did not diverge."""
         scored = [
             (score, index)
             for index, run in enumerate(self.runs)
-            if not run.diverged and (score := self._score(run)) is not None
+            if not (run.diverged or run.interrupted) and (score := self._score(run)) is not None
         ]
         return self.runs[min(scored)[1]] if scored else None
 
@@ -111,6 +117,7 @@ class Comparison:
                 "seconds": run.seconds,
                 "valid_losses": run.valid_losses,
                 "note": run.note,
+                "interrupted": run.interrupted,
             }
             for run in self.runs
         ]
@@ -123,6 +130,7 @@ class Comparison:
             "range_test": self.range_test.to_dict(),
             "rows": self.rows(),
             "best_rule": best.rule if best else None,
+            "interrupted": self.interrupted,
         }
 
 
@@ -134,7 +142,8 @@ def _final(log: list[dict[str, Any]], key: str) -> float | None:
 def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
     """Range-test `learn`, then train it once per rule from its current state. Weights,
     optimizer, random states and data order are put back at the end; the recorder keeps the
-    last run's history."""
+    last run's history. A Ctrl-C that ends a run's fit ends the comparison after that run
+    (`Comparison.interrupted`)."""
     config = config or CompareConfig()
     config.check()
     range_test = learn.lr_find(start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it)
@@ -152,6 +161,8 @@ def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Compar
                 continue
             start.restore(keep=True)  # same weights, optimizer, RNGs and data order every time
             runs.append(_train_at_rule(learn, range_test, rule, lr, config))
+            if learn.interrupted:  # Ctrl-C ended this run's fit: the comparison stops here
+                break
             if math.isfinite(lr):
                 by_lr[lr] = runs[-1]
     finally:
@@ -231,7 +242,8 @@ def _train_at_rule(
         metrics=metrics,
         seconds=seconds,
         valid_losses=[row.get("valid_loss") for row in log],
-        note=reason or "",
+        note=learn.stop_reason if learn.interrupted else reason or "",
+        interrupted=learn.interrupted,
     )
 
 

@@ -164,11 +164,19 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
     )
     lr = learn.lr_find(num_it=sizes.num_it, progress=False).suggest("auto")
     learn.fit_one_cycle(sizes.pretrain_epochs, lr)
+    stop_if_interrupted(learn.interrupted)  # a half-trained body must never be cached
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".part")
     torch.save(learn.model.state_dict(), partial)
     partial.replace(path)  # never leave a half-written body for the next run
     return path
+
+
+def stop_if_interrupted(interrupted: bool) -> None:
+    """A Ctrl-C ends a fit cleanly (the Learner keeps the model usable); the demo is one
+    script, so it then stops as a whole, raising KeyboardInterrupt."""
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _training_options(config: DemoConfig, console: Console) -> dict[str, Any]:
@@ -198,6 +206,7 @@ def transfer(
     frozen_test.plot(out / f"transfer_{tag}_lr_find_frozen.png")
     head_lr = frozen_test.suggest("auto")
     learn.fit_one_cycle(sizes.head_epochs, head_lr)
+    stop_if_interrupted(learn.interrupted)
     head_error = learn.recorder.log[-1].get("error_rate") if learn.recorder.log else None
     learn.unfreeze()
     unfrozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
@@ -205,6 +214,7 @@ def transfer(
     top_lr = min(unfrozen_test.suggest("auto"), head_lr)  # never faster than the head's lr
     lr = slice(top_lr / 100, top_lr) if discriminative else top_lr
     learn.fit_one_cycle(sizes.unfrozen_epochs, lr)
+    stop_if_interrupted(learn.interrupted)
     log = learn.recorder.log
     return {
         "procedure": "unfreeze at slice(lo, hi)" if discriminative else "unfreeze at one lr",
@@ -264,7 +274,8 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
         rules=config.rules, epochs=sizes.compare_epochs, num_it=sizes.num_it
     )
     comparison = compare_rules(learn, compare_config)
-    compare_paths = write_comparison(comparison, out / "compare")
+    compare_paths = write_comparison(comparison, out / "compare")  # marked interrupted, if so
+    stop_if_interrupted(comparison.interrupted)
     table = rule_table(comparison)
     console.print(rich_table(table, "one run per rule, same start"))
     report.heading("2. The suggestion rules compared")

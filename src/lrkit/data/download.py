@@ -2,7 +2,10 @@
 
 Both dataset recipes (Pets, Fashion-MNIST) go through `download`: it writes to `<dest>.part`,
 resumes an interrupted transfer with an HTTP Range request, checks the size and sha256 before
-moving the file into place, and turns network failures into one clear message.
+moving the file into place, and turns network failures into one clear message. Also without a
+known size or checksum, a body shorter than the server announced (Content-Length or
+Content-Range) is never taken as the file, and an HTML page (an error or login page served with
+status 200) is refused: a download is always a data file, never a web page.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import tarfile
 import urllib.error
 import urllib.request
@@ -88,8 +92,28 @@ def _progress(total: int | None, done: int, label: str, enabled: bool):
     return bar, task
 
 
+def looks_like_html(head: bytes) -> bool:
+    """Whether a file's first bytes are an HTML page (`<!DOCTYPE html`, `<html`), after any
+    byte-order mark and white space."""
+    text = head.lstrip(b"\xef\xbb\xbf").lstrip().lower()
+    return text.startswith((b"<!doctype html", b"<html"))
+
+
+def _html_message(remote: Remote, dest: Path) -> str:
+    return (
+        f"{dest.name}: {remote.url} sent an HTML page instead of the file (an error or login "
+        "page?); nothing was kept. Check the URL in a browser, or fetch the file by hand and "
+        f"save it as {dest}"
+    )
+
+
 def _verify(part: Path, remote: Remote, dest: Path) -> None:
-    """Check size and sha256 of a finished transfer; a bad file is deleted so reruns start clean."""
+    """Check size and sha256 of a finished transfer, and that it is not an HTML page; a bad
+    file is deleted so reruns start clean."""
+    with open(part, "rb") as f:
+        if looks_like_html(f.read(512)):
+            part.unlink()
+            raise DownloadError(_html_message(remote, dest))
     size = part.stat().st_size
     if remote.size is not None and size != remote.size:
         part.unlink()
@@ -137,7 +161,11 @@ def _transfer(
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and done:  # the part file already holds every byte
+        if err.code == 416 and done:  # the part file holds every byte, or is not this file's
+            if _range_total(err.headers.get("Content-Range")) == done:
+                return
+            part.unlink()  # longer than the file, or the server won't say: start afresh
+            _transfer(remote, dest, part, 0, progress, timeout)
             return
         raise DownloadError(
             f"could not download {remote.url}: HTTP {err.code} {err.reason}"
@@ -145,11 +173,21 @@ def _transfer(
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise DownloadError(_offline_message(remote.url, dest, err)) from err
     with response:
+        if "text/html" in response.headers.get("Content-Type", "").lower():
+            raise DownloadError(_html_message(remote, dest))  # the .part, if any, is untouched
         resumed = done > 0 and response.status == 206
+        if resumed and _range_start(response.headers.get("Content-Range")) != done:
+            part.unlink()
+            raise DownloadError(
+                f"{dest.name}: {remote.url} answered the resume request with another part of "
+                "the file; the partial file was removed, run again to download it afresh"
+            )
         if not resumed:
             done = 0  # the server ignored the Range header: start over
         length = response.headers.get("Content-Length")
-        total = done + int(length) if length is not None else remote.size
+        total = _range_total(response.headers.get("Content-Range")) if resumed else None
+        if total is None:
+            total = done + int(length) if length is not None else remote.size
         bar, task = _progress(total, done, dest.name, progress)
         received = done
         try:
@@ -168,6 +206,18 @@ def _transfer(
             f"the download of {remote.url} stopped at {received} of {total} bytes; "
             f"{part} keeps them, run again to resume"
         )
+
+
+def _range_start(header: str | None) -> int | None:
+    """First byte of a Content-Range header (`bytes 300-999/1000` -> 300), None if absent."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _range_total(header: str | None) -> int | None:
+    """The file size a Content-Range header announces (`bytes */1000` -> 1000), None if not."""
+    match = re.fullmatch(r"\s*bytes\s+(?:\d+-\d+|\*)/(\d+)\s*", header or "")
+    return int(match.group(1)) if match else None
 
 
 def extract_tar(archive: str | Path, dest: str | Path) -> Path:

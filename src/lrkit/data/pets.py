@@ -76,8 +76,7 @@ def pets(
         for name in ("trainval.txt", "test.txt"):
             if not (lists / name).is_file():
                 raise FileNotFoundError(
-                    f"{lists / name} is missing; use a random split (split='random', or "
-                    "--valid-pct on the command line)"
+                    f"{lists / name} is missing; use a random split (split='random')"
                 )
         kwargs["train_names"] = read_name_list(lists / "trainval.txt")
         kwargs["valid_names"] = read_name_list(lists / "test.txt")
