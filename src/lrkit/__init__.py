@@ -15,6 +15,7 @@ from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
 from lrkit.image_learner import VisionLearner, vision_learner
+from lrkit.interpret import ClassificationInterpretation
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.metrics import (
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CSVLogger",
     "Callback",
+    "ClassificationInterpretation",
     "CompareConfig",
     "Comparison",
     "DataLoaders",

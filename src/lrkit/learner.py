@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
-from lrkit import checkpoint, finder
+from lrkit import checkpoint, finder, interpret
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
@@ -689,6 +690,12 @@ class Learner:
         return predict(
             self.model, item, self.dls.vocab, self.dls.multi_label, preprocess, self.device
         )
+
+    def show_results(
+        self, path: str | Path | None = None, n: int = 9, loader: Iterable | None = None
+    ) -> Figure:
+        """First `n` validation images titled actual/predicted (see lrkit.interpret)."""
+        return interpret.show_results(self, path, n, loader)
 
     # ----------------------------------------------------------------- summary
 

@@ -7,6 +7,7 @@ path, also writes it as PNG.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -225,4 +226,58 @@ def threshold_figure(
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("multi-label threshold sweep")
+    return save_figure(fig, path)
+
+
+def confusion_matrix_figure(
+    counts: np.ndarray,
+    names: Sequence[str],
+    normalize: bool = False,
+    path: str | Path | None = None,
+) -> Figure:
+    """Heat map of (C, C) counts, rows actual and columns predicted, each cell annotated."""
+    n = len(names)
+    values = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    side = max(4.0, 0.32 * n + 2.0)  # inches; 37 classes -> about 14
+    fig = Figure(figsize=(side, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(np.arange(n), labels=list(names), rotation=90, fontsize=8)
+    ax.set_yticks(np.arange(n), labels=list(names), fontsize=8)
+    top = values.max() if values.size else 0
+    for a in range(n):
+        for p in range(n):
+            if counts[a, p] == 0:
+                continue  # empty cells stay blank, so the mistakes stand out
+            text = f"{values[a, p]:.2f}" if normalize else str(int(counts[a, p]))
+            colour = "white" if values[a, p] > top / 2 else "black"
+            ax.text(p, a, text, ha="center", va="center", color=colour, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    total = int(counts.sum())
+    right = int(np.trace(counts))
+    ax.set_title(f"confusion matrix ({right} of {total} right)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def per_class_figure(
+    table: dict[str, dict[str, float]], title: str, path: str | Path | None = None
+) -> Figure:
+    """Horizontal bars of precision and recall per class, with each class's support."""
+    names = list(table)
+    fig = Figure(figsize=(7, max(2.5, 0.3 * len(names) + 1.2)))
+    ax = fig.add_subplot()
+    rows = np.arange(len(names))
+    ax.barh(rows - 0.2, [table[c]["precision"] for c in names], height=0.4, label="precision")
+    ax.barh(rows + 0.2, [table[c]["recall"] for c in names], height=0.4, label="recall")
+    ax.set_yticks(rows, labels=[f"{c} ({int(table[c]['support'])})" for c in names], fontsize=8)
+    ax.invert_yaxis()  # vocab order top to bottom
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction (support in brackets)")
+    ax.grid(True, axis="x", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,24 @@ def _generators(loader: Any) -> list[torch.Generator]:
     return found
 
 
-def peek_batch(loader: Iterable) -> Any:
-    """The first batch of `loader`; its random generators and torch's global RNG are restored."""
+@contextlib.contextmanager
+def preserved_rng(loader: Iterable) -> Iterator[None]:
+    """Inside: iterate `loader` freely; after: its generators and torch's global RNG as before."""
     generators = _generators(loader)
     states = [g.get_state() for g in generators]
     global_state = torch.get_rng_state()
     try:
-        return next(iter(loader))
+        yield
     finally:
         for g, state in zip(generators, states, strict=True):
             g.set_state(state)
         torch.set_rng_state(global_state)
+
+
+def peek_batch(loader: Iterable) -> Any:
+    """The first batch of `loader`; its random generators and torch's global RNG are restored."""
+    with preserved_rng(loader):
+        return next(iter(loader))
 
 
 def to_display(
