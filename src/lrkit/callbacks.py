@@ -11,6 +11,9 @@ each called with the Learner. During a fit the Learner exposes `epoch`, `n_epoch
 ends training by setting `learn.stop = True` (and `learn.stop_reason`): after the current
 batch when set in `after_batch`, before the next epoch when set in `after_epoch`. No
 exceptions are used for control flow. `after_fit` runs even when training stops early.
+
+One hook lies outside fit: `after_lr_find(learn, result)`, called by `learn.lr_find()` with the
+range test's LRFindResult, for loggers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from lrkit import plots
 
 if TYPE_CHECKING:
     from lrkit.learner import Learner
+    from lrkit.range_test_result import LRFindResult
 
 HOOKS = ("before_fit", "before_epoch", "before_batch", "after_batch", "after_epoch", "after_fit")
 
@@ -58,6 +62,9 @@ class Callback:
 
     def after_fit(self, learn: Learner) -> None:
         """Called once at the end, also after an early stop or an interrupt."""
+
+    def after_lr_find(self, learn: Learner, result: LRFindResult) -> None:
+        """Called by `learn.lr_find()` with its result, after everything was restored."""
 
 
 def format_time(seconds: float) -> str:
@@ -357,3 +364,16 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+LOGGERS = ("TensorBoardCallback", "WandbCallback")  # defined in lrkit.loggers
+
+
+def __getattr__(name: str) -> Any:
+    """`lrkit.callbacks.TensorBoardCallback` and `.WandbCallback`, from lrkit.loggers (which
+    builds on this module, so it is imported on first use rather than at the top)."""
+    if name in LOGGERS:
+        from lrkit import loggers
+
+        return getattr(loggers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

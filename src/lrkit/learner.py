@@ -496,9 +496,10 @@ class Learner:
         train), and every param group is scaled by the same factor, so the ratios between the
         groups' current learning rates are kept; the lr reported is the last group's. With
         `use_valid` the loss is measured on the first `val_batches` validation batches.
-        Accumulation, clipping and mixed precision follow the learner's options.
+        Accumulation, clipping and mixed precision follow the learner's options. Callbacks
+        get the result through their `after_lr_find` hook (loggers record the curve).
         """
-        return finder.lr_find(
+        result = finder.lr_find(
             self.model,
             self.dls.train,
             self.loss_fn,
@@ -511,6 +512,11 @@ class Learner:
             div_thresh,
             **self._finder_options(use_valid, val_batches, snapshot, progress),
         )
+        for cb in sorted(self.cbs, key=lambda cb: cb.order):
+            hook = getattr(cb, "after_lr_find", None)  # callbacks written before the hook lack it
+            if hook is not None:
+                hook(self, result)
+        return result
 
     def lr_find_repeated(
         self,
