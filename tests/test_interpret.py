@@ -265,3 +265,12 @@ def test_pure_functions_on_hand_made_arrays():
     table = precision_recall(np.array([[1, 0], [1, 0], [0, 0]]), np.array([[1, 1], [0, 0], [0, 1]]))
     assert table["precision"].tolist() == [0.5, 0.0] and table["recall"].tolist() == [1.0, 0.0]
     assert table["f1"].tolist() == pytest.approx([2 / 3, 0.0])
+
+
+def test_top_losses_ties_keep_the_item_order():
+    losses = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 0.5])
+    preds = torch.zeros(6, 2)
+    interp = ClassificationInterpretation(preds, torch.zeros(6, dtype=torch.long), losses)
+    assert interp.top_losses(4).indices.tolist() == [1, 2, 4, 0]
+    assert interp.top_losses(3, largest=False).indices.tolist() == [5, 0, 3]
+    assert interp.vocab == ["0", "1"]  # no vocab: class indices as names
