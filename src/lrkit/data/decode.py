@@ -36,6 +36,14 @@ class Junk:
     reason: str
 
 
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded; `path` and `reason` say which and why."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: cannot be decoded ({reason}); remove or replace the file")
+
+
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit integer or float greyscale -> 8-bit L; 16-bit modes scale by 65535."""
     values = np.asarray(img, dtype=np.float64)
@@ -84,14 +92,23 @@ def exif_orientation(img: Image.Image) -> int:
 
 
 def load_rgb(path: str | Path, min_short: int | None = None) -> Image.Image:
-    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows."""
-    with Image.open(path) as img:
-        if min_short is not None and img.format == "JPEG":
-            request = draft_size(*img.size, min_short)
-            if request is not None:
-                img.draft("RGB", request)
-        img.load()
-        return upright_rgb(img)
+    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows.
+
+    Raises ImageDecodeError (a ValueError naming the file) for anything that cannot be
+    decoded whole; no stand-in image is ever made.
+    """
+    try:
+        with Image.open(path) as img:
+            if min_short is not None and img.format == "JPEG":
+                request = draft_size(*img.size, min_short)
+                if request is not None:
+                    img.draft("RGB", request)
+            img.load()
+            return upright_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(path, str(err) or type(err).__name__) from err
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
@@ -149,12 +166,13 @@ def _has_end(path: Path, fmt: str) -> bool:
         return _jpeg_has_end(data) if fmt == "JPEG" else _png_has_end(data)
 
 
-def check_image(path: str | Path, full: bool = False) -> str | None:
+def check_image(path: str | Path, full: bool = False, min_short: int | None = None) -> str | None:
     """Why `path` cannot be used as an image (None when it looks fine).
 
     The quick check reads the header and, for JPEG and PNG, looks for the end marker (in the
     last kilobyte, else after the image data, as files may carry trailing bytes), which catches
-    truncated files without decoding; `full=True` decodes.
+    truncated files without decoding. `full=True` then decodes the file exactly as training
+    will (`load_rgb(path, min_short)`), which finds corrupted image data too.
     """
     path = Path(path)
     try:
@@ -170,12 +188,14 @@ def check_image(path: str | Path, full: bool = False) -> str | None:
             fmt, (width, height) = img.format, img.size
             if width == 0 or height == 0:
                 return f"image has zero size {width}x{height}"
-            if full:
-                img.load()
-        if not full and fmt == "JPEG" and not _has_end(path, fmt):
+        if fmt == "JPEG" and not _has_end(path, fmt):
             return "truncated JPEG (no end-of-image marker)"
-        if not full and fmt == "PNG" and not _has_end(path, fmt):
+        if fmt == "PNG" and not _has_end(path, fmt):
             return "truncated PNG (no IEND chunk)"
+        if full:
+            load_rgb(path, min_short)
+    except ImageDecodeError as err:
+        return f"decode failed: {err.reason}"
     except UnidentifiedImageError:
         return "not an image Pillow can read"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
