@@ -23,7 +23,8 @@ import torch
 from lrkit.data.decode import Junk, load_rgb
 from lrkit.data.presize import PresizeConfig, presize_region
 
-VERSION = 3  # 2: presizing resizes with torch instead of Pillow; 3: ctime in the file key
+VERSION = 4  # 2: presizing resizes with torch instead of Pillow; 3: ctime in the file key;
+# 4: fixed per-mode pixel conversions (float images no longer scaled by their maximum)
 
 
 def file_key(path: Path) -> tuple[str, int, int, int]:

@@ -1,8 +1,9 @@
 """Decoding image files to RGB with Pillow, and the quick check that finds unreadable files.
 
-`load_rgb` applies the EXIF orientation, turns every mode into RGB (alpha composited on
-white, 16-bit scaled down) and, for JPEGs much larger than needed, asks libjpeg to decode at
-a reduced scale (draft mode), which skips most of the decoding work.
+`load_rgb` applies the EXIF orientation, turns every mode into RGB by a fixed rule per mode
+(the table in `to_rgb`: alpha composited on white, 16-bit and float by fixed scales) and,
+for JPEGs much larger than needed, asks libjpeg to decode at a reduced scale (draft mode),
+which skips most of the decoding work.
 """
 
 from __future__ import annotations
@@ -45,33 +46,57 @@ class ImageDecodeError(ValueError):
 
 
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit L; 16-bit modes scale by 65535."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16"):  # 16-bit storage: one scale for all, so dark stays dark
-        scaled = values / 65535.0 * 255
-    elif values.max(initial=0) <= 65535 and values.min(initial=0) >= 0:
-        # mode I or F: the bit depth is unknown, so guess it from this image's range
-        top = 255.0 if values.max(initial=0) <= 255 else 65535.0
-        scaled = values / top * 255
-    else:  # arbitrary range (mode F, signed I): stretch min..max to 0..255
-        lo, hi = values.min(), values.max()
-        scaled = (values - lo) / max(hi - lo, 1e-12) * 255
-    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L")
+    """I;16*, I or F greyscale -> 8-bit L by a fixed scale per mode (see `to_rgb`); NaN -> 0."""
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+    scale = 255.0 if img.mode == "F" else 255.0 / 65535.0
+    return Image.fromarray(np.floor(np.clip(values * scale + 0.5, 0, 255)).astype(np.uint8), "L")
+
+
+def _premultiplied_on_white(img: Image.Image) -> Image.Image:
+    """La / RGBa (colour already multiplied by alpha) composited on white: c + 255 - a."""
+    values = np.asarray(img, dtype=np.int32)  # (H, W, bands), alpha last
+    colour, alpha = values[..., :-1], values[..., -1:]
+    out = np.clip(colour + 255 - alpha, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(out, (*out.shape[:2], 3))), "RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparent pixels become white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info
-    ):
+    """Any Pillow mode -> RGB uint8, by a fixed rule per mode that never looks at the content.
+
+    ====================  ===================================================================
+    mode                  RGB made of it
+    ====================  ===================================================================
+    RGB                   as is (a tRNS key colour, if the file has one, becomes white)
+    RGBX                  the padding band dropped
+    L, 1                  grey g -> (g, g, g); mode 1: 0 -> 0, 1 -> 255
+    P                     the palette's colours
+    RGBA, LA, PA          alpha composited on white
+    P, L, RGB + tRNS key  the transparent colour / index becomes white
+    RGBa, La              premultiplied alpha composited on white: c + 255 - a (clipped)
+    CMYK                  Pillow's profile-free rule: R = 255 - min(255, C + K), G, B alike
+    YCbCr                 JPEG's full-range ITU-R BT.601 transform
+    LAB                   CIE L*a*b* to sRGB (Pillow's conversion)
+    HSV                   hue, saturation, value to RGB
+    I;16, I;16L/B/N       16-bit: v * 255 / 65535, rounded
+    I (32-bit signed)     taken as 16-bit data (what PNG, PGM and TIFF hand over as I):
+                          v * 255 / 65535, rounded, clipped to 0..255
+    F (32-bit float)      values in [0, 1]: v * 255, rounded, clipped to 0..255; NaN -> 0
+    ====================  ===================================================================
+
+    Greyscale results are replicated to three equal channels.
+    """
+    mode = img.mode
+    if mode in ("RGBa", "La"):
+        return _premultiplied_on_white(img)
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _scaled_to_8bit(img).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        return _scaled_to_8bit(img).convert("RGB")
+    if mode == "RGB":
+        return img
     return img.convert("RGB")
 
 
