@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 # EXIF orientation tag value -> the transpose that shows the image upright
 ORIENTATION = {
@@ -116,18 +116,70 @@ def exif_orientation(img: Image.Image) -> int:
     return img.getexif().get(EXIF_ORIENTATION, 1)
 
 
+def _starts_as_jpeg(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def _check_pixel_limit(img: Image.Image) -> None:
+    """Refuse what Pillow would refuse as a decompression bomb, counting the pixels decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} pixels even at the smallest decode scale, over "
+            f"Pillow's decompression-bomb limit of {2 * limit} (Image.MAX_IMAGE_PIXELS x 2)"
+        )
+
+
+def open_image(path: str | Path, min_short: int | None = None) -> Image.Image:
+    """`path` opened lazily; a JPEG set to decode at a reduced scale (draft) when `min_short`
+    allows, so that its short side stays >= `min_short`.
+
+    Pillow refuses images over its decompression-bomb limit (twice Image.MAX_IMAGE_PIXELS) by
+    their full size. A baseline JPEG that the reduced-scale decode brings under the limit is
+    opened anyway (libjpeg then decodes only the reduced pixels, row by row); progressive
+    JPEGs are not, as libjpeg keeps their full-size coefficients in memory whatever the scale.
+    Raises what Image.open raises (DecompressionBombError for what stays over the limit).
+    """
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError:
+        if min_short is None or not _starts_as_jpeg(path):
+            raise
+        img = JpegImagePlugin.JpegImageFile(path)  # the same decoder, minus open's size check
+        try:
+            if "progressive" in img.info or "progression" in img.info:
+                raise Image.DecompressionBombError(
+                    f"progressive JPEG of {img.width}x{img.height} pixels, over Pillow's "
+                    "decompression-bomb limit; a reduced-scale decode of a progressive JPEG "
+                    "still holds every pixel's coefficients in memory"
+                )
+            _set_draft(img, min_short)
+            _check_pixel_limit(img)
+        except BaseException:
+            img.close()
+            raise
+        return img
+    if min_short is not None and img.format == "JPEG":
+        _set_draft(img, min_short)
+    return img
+
+
+def _set_draft(img: Image.Image, min_short: int) -> None:
+    request = draft_size(*img.size, min_short)
+    if request is not None:
+        img.draft("RGB", request)
+
+
 def load_rgb(path: str | Path, min_short: int | None = None) -> Image.Image:
-    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows.
+    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows
+    (see `open_image`).
 
     Raises ImageDecodeError (a ValueError naming the file) for anything that cannot be
     decoded whole; no stand-in image is ever made.
     """
     try:
-        with Image.open(path) as img:
-            if min_short is not None and img.format == "JPEG":
-                request = draft_size(*img.size, min_short)
-                if request is not None:
-                    img.draft("RGB", request)
+        with open_image(path, min_short) as img:
             img.load()
             return upright_rgb(img)
     except UnidentifiedImageError:
@@ -209,7 +261,7 @@ def check_image(path: str | Path, full: bool = False, min_short: int | None = No
             return "not a regular file (a folder, pipe or device)"
         if path.stat().st_size == 0:
             return "empty file"
-        with Image.open(path) as img:
+        with open_image(path, min_short) as img:
             fmt, (width, height) = img.format, img.size
             if width == 0 or height == 0:
                 return f"image has zero size {width}x{height}"

@@ -202,7 +202,7 @@ def check_items(
     paths = list(paths)
     good, labels, junk = [], [], []
     for path in paths:
-        reason = check_image(path)
+        reason = check_image(path, min_short=presize)
         if reason is None and labeller is not None:
             try:
                 item_labels = labeller(path)
