@@ -8,6 +8,7 @@ which skips most of the decoding work.
 
 from __future__ import annotations
 
+import io
 import math
 import mmap
 from dataclasses import dataclass
@@ -116,8 +117,10 @@ def exif_orientation(img: Image.Image) -> int:
     return img.getexif().get(EXIF_ORIENTATION, 1)
 
 
-def _starts_as_jpeg(path: str | Path) -> bool:
-    with open(path, "rb") as f:
+def _starts_as_jpeg(source: str | Path | io.BytesIO) -> bool:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:3] == b"\xff\xd8\xff"
+    with open(source, "rb") as f:
         return f.read(3) == b"\xff\xd8\xff"
 
 
@@ -131,7 +134,7 @@ def _check_pixel_limit(img: Image.Image) -> None:
         )
 
 
-def open_image(path: str | Path, min_short: int | None = None) -> Image.Image:
+def open_image(path: str | Path | io.BytesIO, min_short: int | None = None) -> Image.Image:
     """`path` opened lazily; a JPEG set to decode at a reduced scale (draft) when `min_short`
     allows, so that its short side stays >= `min_short`.
 
@@ -146,6 +149,8 @@ def open_image(path: str | Path, min_short: int | None = None) -> Image.Image:
     except Image.DecompressionBombError:
         if min_short is None or not _starts_as_jpeg(path):
             raise
+        if isinstance(path, io.BytesIO):
+            path.seek(0)
         img = JpegImagePlugin.JpegImageFile(path)  # the same decoder, minus open's size check
         try:
             if "progressive" in img.info or "progression" in img.info:
@@ -178,14 +183,38 @@ def load_rgb(path: str | Path, min_short: int | None = None) -> Image.Image:
     Raises ImageDecodeError (a ValueError naming the file) for anything that cannot be
     decoded whole; no stand-in image is ever made.
     """
+    return _decode(path, min_short, path)
+
+
+def _decode(source: str | Path | io.BytesIO, min_short: int | None, name: object) -> Image.Image:
     try:
-        with open_image(path, min_short) as img:
+        with open_image(source, min_short) as img:
             img.load()
             return upright_rgb(img)
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image Pillow can read") from None
+        raise ImageDecodeError(name, "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(path, str(err) or type(err).__name__) from err
+        raise ImageDecodeError(name, str(err) or type(err).__name__) from err
+
+
+def pil_rgb(img: Image.Image, min_short: int | None = None) -> Image.Image:
+    """A PIL image upright as RGB, decoded as `load_rgb` decodes its file where that can be.
+
+    An image fresh from Image.open (not yet decoded) is decoded from its file's bytes exactly
+    as `load_rgb(path, min_short)` would, reduced JPEG scale included, so a path and the image
+    opened from it give the same pixels; `img` itself is left as it was. An image already
+    decoded or made in memory is taken at its own resolution (see `upright_rgb`).
+    """
+    fp = getattr(img, "fp", None)
+    if not getattr(img, "tile", None) or fp is None:
+        return upright_rgb(img)
+    position = fp.tell()
+    try:
+        fp.seek(0)  # Image.open reads a file object from its start too
+        data = fp.read()
+    finally:
+        fp.seek(position)
+    return _decode(io.BytesIO(data), min_short, getattr(img, "filename", "") or "<PIL image>")
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
