@@ -154,3 +154,24 @@ def test_parallel_check_with_progress_finds_the_same_files(tmp_path: Path) -> No
     serial = check_files(paths, 32)
     assert check_files(paths, 32, num_workers=3, progress=True) == serial
     assert len(serial) == 3
+
+
+def test_a_second_run_over_the_same_folder_decodes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = broken_folder(tmp_path / "d")
+    decoded: list[Path] = []
+    real = check_module.check_image
+
+    def counting(path, full=False, min_short=None):
+        decoded.append(path)
+        return real(path, full=full, min_short=min_short)
+
+    monkeypatch.setattr(check_module, "check_image", counting)
+    runs = []
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", JunkWarning)
+            runs.append(image_dataloaders(tmp_path / "d", label_re=LABEL_RE, **SMALL))
+    assert len(decoded) == 9  # every file once, in the first run only
+    assert [j.path.name for j in runs[1].junk] == sorted(bad) == [j.path.name for j in runs[0].junk]
