@@ -117,6 +117,22 @@ def test_no_stand_in_image_when_a_file_fails_at_training_time(tmp_path: Path) ->
             pass
 
 
+def test_a_decode_failure_in_a_worker_process_stays_an_image_decode_error(tmp_path: Path) -> None:
+    broken_folder(tmp_path / "d")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JunkWarning)
+        dls = image_dataloaders(
+            tmp_path / "d",
+            label_re=LABEL_RE,
+            valid_pct=0.0,
+            full_check=False,
+            **{**SMALL, "num_workers": 1},
+        )
+    with pytest.raises(ImageDecodeError, match=r"\.(jpg|png): cannot be decoded"):
+        for _ in dls.train:
+            pass
+
+
 def test_check_results_are_kept_and_changed_files_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,11 +39,18 @@ class Junk:
 
 
 class ImageDecodeError(ValueError):
-    """An image file that cannot be decoded; `path` and `reason` say which and why."""
+    """An image file that cannot be decoded; `path` and `reason` say which and why.
 
-    def __init__(self, path: object, reason: str) -> None:
+    Made from one argument (the whole message), as a DataLoader does when it re-raises a
+    worker's error in the main process, it keeps its type: still a ValueError naming the file.
+    """
+
+    def __init__(self, path: object, reason: str | None = None) -> None:
         self.path, self.reason = path, reason
-        super().__init__(f"{path}: cannot be decoded ({reason}); remove or replace the file")
+        if reason is None:
+            super().__init__(path)
+        else:
+            super().__init__(f"{path}: cannot be decoded ({reason}); remove or replace the file")
 
 
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
