@@ -3,15 +3,18 @@ user's cache (each test's folders are new, so their results would only pile up t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from lrkit.data import pipeline
 
 
-@pytest.fixture(autouse=True)
-def _check_results_in_tmp(
-    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _check_results_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Session-wide, so that module-scoped fixtures building data are covered too."""
     root = tmp_path_factory.mktemp("checks")
     where = pipeline._checks_file
-    monkeypatch.setattr(pipeline, "_checks_file", lambda folder: root / where(folder).name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "_checks_file", lambda folder: root / where(folder).name)
+        yield
