@@ -1,7 +1,7 @@
 """The image pipeline's public face: folder or CSV of images -> `lrkit.DataLoaders`."""
 
 from lrkit.data.augment import IMAGENET_STATS, AugConfig, BatchTransform
-from lrkit.data.decode import Junk, check_image, load_rgb
+from lrkit.data.decode import ImageDecodeError, Junk, check_image, load_rgb
 from lrkit.data.items import IMAGE_EXTENSIONS, get_image_files
 from lrkit.data.pipeline import (
     BadImagesError,
@@ -18,6 +18,7 @@ __all__ = [
     "AugConfig",
     "BadImagesError",
     "BatchTransform",
+    "ImageDecodeError",
     "Junk",
     "JunkWarning",
     "PresizeConfig",

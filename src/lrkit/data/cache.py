@@ -5,12 +5,18 @@ shape in `data.u8`, together with the presize settings and a crc32 per entry. An
 does not match (other settings, an unreadable index, a short data file, a changed source file)
 is decoded again; a crc mismatch on read falls back to decoding the source. The cache is
 never trusted blindly, so it is never silently wrong.
+
+A data file truncated by another process while a run has it mapped would kill the run with
+SIGBUS on the first read past its new end; its size is therefore checked before mapping and
+before every read, and a short file is left alone (the items are decoded from their sources,
+with one warning, and the next build rebuilds it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +29,8 @@ import torch
 from lrkit.data.decode import Junk, load_rgb
 from lrkit.data.presize import PresizeConfig, presize_region
 
-VERSION = 3  # 2: presizing resizes with torch instead of Pillow; 3: ctime in the file key
+VERSION = 4  # 2: presizing resizes with torch instead of Pillow; 3: ctime in the file key;
+# 4: fixed per-mode pixel conversions (float images no longer scaled by their maximum)
 
 
 def file_key(path: Path) -> tuple[str, int, int, int]:
@@ -52,11 +59,13 @@ class PresizeCache:
         self.index_path, self.data_path = self.folder / "index.json", self.folder / "data.u8"
         self.entries: list[tuple[int, int, int, int]] = []  # (offset, height, width, crc32)
         self._map: np.memmap | None = None
+        self._file = None  # the open data file behind _map, for size checks
+        self._short = False  # the data file was found truncated: never read it again
         self._checked: set[int] = set()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_map"] = None  # each worker process maps the file itself
+        state["_map"] = state["_file"] = None  # each worker process maps the file itself
         return state
 
     def _settings(self) -> dict:
@@ -110,7 +119,7 @@ class PresizeCache:
             tuple(known[n]) if p not in bad else (-1, 0, 0, 0)
             for p, n in zip(paths, names, strict=True)
         ]
-        self._map, self._checked = None, set()
+        self._map, self._file, self._short, self._checked = None, None, False, set()
         return junk
 
     def _write_index(self, entries: dict[str, list[int]], data_bytes: int) -> None:
@@ -126,14 +135,45 @@ class PresizeCache:
         view.entries = [self.entries[i] for i in keep]
         return view
 
+    def _data_size(self) -> int:
+        return os.fstat(self._file.fileno()).st_size
+
+    def _open_map(self) -> bool:
+        """Map the data file when it holds every entry; False (and a warning) when it is short."""
+        needed = max((o + h * w * 3 for o, h, w, _ in self.entries if o >= 0), default=0)
+        try:
+            self._file = open(self.data_path, "rb")  # noqa: SIM115 (kept open with the map)
+            size = self._data_size()
+            if size >= needed and size > 0:
+                self._map = np.memmap(self._file, dtype=np.uint8, mode="r", shape=(size,))
+                return True
+        except OSError:
+            pass
+        self._found_short()
+        return False
+
+    def _found_short(self) -> None:
+        """Stop reading a truncated data file: the items are decoded from their sources."""
+        self._short, self._map = True, None
+        warnings.warn(
+            f"the presize cache {self.data_path} is shorter than its index says (truncated "
+            "by another process?); decoding the source images instead; the next run rebuilds "
+            "the cache",
+            stacklevel=4,
+        )
+
     def region(self, i: int) -> np.ndarray | None:
-        """The (H, W, 3) uint8 region of item `i`, or None when it is missing or fails its crc."""
+        """The (H, W, 3) uint8 region of item `i`, or None when it is missing, fails its crc or
+        the data file has been cut short (see the module notes on SIGBUS)."""
         offset, height, width, crc = self.entries[i]
-        if offset < 0:
+        if offset < 0 or self._short:
             return None
-        if self._map is None:
-            self._map = np.memmap(self.data_path, dtype=np.uint8, mode="r")
+        if self._map is None and not self._open_map():
+            return None
         n = height * width * 3
+        if self._data_size() < offset + n:  # reading past the end would raise SIGBUS
+            self._found_short()
+            return None
         flat = self._map[offset : offset + n]
         if i not in self._checked:
             if len(flat) != n or zlib.crc32(flat) != crc:

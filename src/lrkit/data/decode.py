@@ -1,19 +1,21 @@
 """Decoding image files to RGB with Pillow, and the quick check that finds unreadable files.
 
-`load_rgb` applies the EXIF orientation, turns every mode into RGB (alpha composited on
-white, 16-bit scaled down) and, for JPEGs much larger than needed, asks libjpeg to decode at
-a reduced scale (draft mode), which skips most of the decoding work.
+`load_rgb` applies the EXIF orientation, turns every mode into RGB by a fixed rule per mode
+(the table in `to_rgb`: alpha composited on white, 16-bit and float by fixed scales) and,
+for JPEGs much larger than needed, asks libjpeg to decode at a reduced scale (draft mode),
+which skips most of the decoding work.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 # EXIF orientation tag value -> the transpose that shows the image upright
 ORIENTATION = {
@@ -36,34 +38,73 @@ class Junk:
     reason: str
 
 
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded; `path` and `reason` say which and why.
+
+    Made from one argument (the whole message), as a DataLoader does when it re-raises a
+    worker's error in the main process, it keeps its type: still a ValueError naming the file.
+    """
+
+    def __init__(self, path: object, reason: str | None = None) -> None:
+        self.path, self.reason = path, reason
+        if reason is None:
+            super().__init__(path)
+        else:
+            super().__init__(f"{path}: cannot be decoded ({reason}); remove or replace the file")
+
+
 def _scaled_to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float greyscale -> 8-bit L; 16-bit modes scale by 65535."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode.startswith("I;16"):  # 16-bit storage: one scale for all, so dark stays dark
-        scaled = values / 65535.0 * 255
-    elif values.max(initial=0) <= 65535 and values.min(initial=0) >= 0:
-        # mode I or F: the bit depth is unknown, so guess it from this image's range
-        top = 255.0 if values.max(initial=0) <= 255 else 65535.0
-        scaled = values / top * 255
-    else:  # arbitrary range (mode F, signed I): stretch min..max to 0..255
-        lo, hi = values.min(), values.max()
-        scaled = (values - lo) / max(hi - lo, 1e-12) * 255
-    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L")
+    """I;16*, I or F greyscale -> 8-bit L by a fixed scale per mode (see `to_rgb`); NaN -> 0."""
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+    scale = 255.0 if img.mode == "F" else 255.0 / 65535.0
+    return Image.fromarray(np.floor(np.clip(values * scale + 0.5, 0, 255)).astype(np.uint8), "L")
+
+
+def _premultiplied_on_white(img: Image.Image) -> Image.Image:
+    """La / RGBa (colour already multiplied by alpha) composited on white: c + 255 - a."""
+    values = np.asarray(img, dtype=np.int32)  # (H, W, bands), alpha last
+    colour, alpha = values[..., :-1], values[..., -1:]
+    out = np.clip(colour + 255 - alpha, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(np.broadcast_to(out, (*out.shape[:2], 3))), "RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparent pixels become white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info
-    ):
+    """Any Pillow mode -> RGB uint8, by a fixed rule per mode that never looks at the content.
+
+    ====================  ===================================================================
+    mode                  RGB made of it
+    ====================  ===================================================================
+    RGB                   as is (a tRNS key colour, if the file has one, becomes white)
+    RGBX                  the padding band dropped
+    L, 1                  grey g -> (g, g, g); mode 1: 0 -> 0, 1 -> 255
+    P                     the palette's colours
+    RGBA, LA, PA          alpha composited on white
+    P, L, RGB + tRNS key  the transparent colour / index becomes white
+    RGBa, La              premultiplied alpha composited on white: c + 255 - a (clipped)
+    CMYK                  Pillow's profile-free rule: R = 255 - min(255, C + K), G, B alike
+    YCbCr                 JPEG's full-range ITU-R BT.601 transform
+    LAB                   CIE L*a*b* to sRGB (Pillow's conversion)
+    HSV                   hue, saturation, value to RGB
+    I;16, I;16L/B/N       16-bit: v * 255 / 65535, rounded
+    I (32-bit signed)     taken as 16-bit data (what PNG, PGM and TIFF hand over as I):
+                          v * 255 / 65535, rounded, clipped to 0..255
+    F (32-bit float)      values in [0, 1]: v * 255, rounded, clipped to 0..255; NaN -> 0
+    ====================  ===================================================================
+
+    Greyscale results are replicated to three equal channels.
+    """
+    mode = img.mode
+    if mode in ("RGBa", "La"):
+        return _premultiplied_on_white(img)
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _scaled_to_8bit(img).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        return _scaled_to_8bit(img).convert("RGB")
+    if mode == "RGB":
+        return img
     return img.convert("RGB")
 
 
@@ -83,15 +124,104 @@ def exif_orientation(img: Image.Image) -> int:
     return img.getexif().get(EXIF_ORIENTATION, 1)
 
 
+def _starts_as_jpeg(source: str | Path | io.BytesIO) -> bool:
+    if isinstance(source, io.BytesIO):
+        return source.getvalue()[:3] == b"\xff\xd8\xff"
+    with open(source, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def _check_pixel_limit(img: Image.Image) -> None:
+    """Refuse what Pillow would refuse as a decompression bomb, counting the pixels decoded."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > 2 * limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} pixels even at the smallest decode scale, over "
+            f"Pillow's decompression-bomb limit of {2 * limit} (Image.MAX_IMAGE_PIXELS x 2)"
+        )
+
+
+def open_image(path: str | Path | io.BytesIO, min_short: int | None = None) -> Image.Image:
+    """`path` opened lazily; a JPEG set to decode at a reduced scale (draft) when `min_short`
+    allows, so that its short side stays >= `min_short`.
+
+    Pillow refuses images over its decompression-bomb limit (twice Image.MAX_IMAGE_PIXELS) by
+    their full size. A baseline JPEG that the reduced-scale decode brings under the limit is
+    opened anyway (libjpeg then decodes only the reduced pixels, row by row); progressive
+    JPEGs are not, as libjpeg keeps their full-size coefficients in memory whatever the scale.
+    Raises what Image.open raises (DecompressionBombError for what stays over the limit).
+    """
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError:
+        if min_short is None or not _starts_as_jpeg(path):
+            raise
+        if isinstance(path, io.BytesIO):
+            path.seek(0)
+        img = JpegImagePlugin.JpegImageFile(path)  # the same decoder, minus open's size check
+        try:
+            if "progressive" in img.info or "progression" in img.info:
+                raise Image.DecompressionBombError(
+                    f"progressive JPEG of {img.width}x{img.height} pixels, over Pillow's "
+                    "decompression-bomb limit; a reduced-scale decode of a progressive JPEG "
+                    "still holds every pixel's coefficients in memory"
+                )
+            _set_draft(img, min_short)
+            _check_pixel_limit(img)
+        except BaseException:
+            img.close()
+            raise
+        return img
+    if min_short is not None and img.format == "JPEG":
+        _set_draft(img, min_short)
+    return img
+
+
+def _set_draft(img: Image.Image, min_short: int) -> None:
+    request = draft_size(*img.size, min_short)
+    if request is not None:
+        img.draft("RGB", request)
+
+
 def load_rgb(path: str | Path, min_short: int | None = None) -> Image.Image:
-    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows."""
-    with Image.open(path) as img:
-        if min_short is not None and img.format == "JPEG":
-            request = draft_size(*img.size, min_short)
-            if request is not None:
-                img.draft("RGB", request)
-        img.load()
+    """Decode `path` upright as RGB; JPEGs decode at a reduced scale when `min_short` allows
+    (see `open_image`).
+
+    Raises ImageDecodeError (a ValueError naming the file) for anything that cannot be
+    decoded whole; no stand-in image is ever made.
+    """
+    return _decode(path, min_short, path)
+
+
+def _decode(source: str | Path | io.BytesIO, min_short: int | None, name: object) -> Image.Image:
+    try:
+        with open_image(source, min_short) as img:
+            img.load()
+            return upright_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(name, "not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(name, str(err) or type(err).__name__) from err
+
+
+def pil_rgb(img: Image.Image, min_short: int | None = None) -> Image.Image:
+    """A PIL image upright as RGB, decoded as `load_rgb` decodes its file where that can be.
+
+    An image fresh from Image.open (not yet decoded) is decoded from its file's bytes exactly
+    as `load_rgb(path, min_short)` would, reduced JPEG scale included, so a path and the image
+    opened from it give the same pixels; `img` itself is left as it was. An image already
+    decoded or made in memory is taken at its own resolution (see `upright_rgb`).
+    """
+    fp = getattr(img, "fp", None)
+    if not getattr(img, "tile", None) or fp is None:
         return upright_rgb(img)
+    position = fp.tell()
+    try:
+        fp.seek(0)  # Image.open reads a file object from its start too
+        data = fp.read()
+    finally:
+        fp.seek(position)
+    return _decode(io.BytesIO(data), min_short, getattr(img, "filename", "") or "<PIL image>")
 
 
 def upright_rgb(img: Image.Image) -> Image.Image:
@@ -149,12 +279,13 @@ def _has_end(path: Path, fmt: str) -> bool:
         return _jpeg_has_end(data) if fmt == "JPEG" else _png_has_end(data)
 
 
-def check_image(path: str | Path, full: bool = False) -> str | None:
+def check_image(path: str | Path, full: bool = False, min_short: int | None = None) -> str | None:
     """Why `path` cannot be used as an image (None when it looks fine).
 
     The quick check reads the header and, for JPEG and PNG, looks for the end marker (in the
     last kilobyte, else after the image data, as files may carry trailing bytes), which catches
-    truncated files without decoding; `full=True` decodes.
+    truncated files without decoding. `full=True` then decodes the file exactly as training
+    will (`load_rgb(path, min_short)`), which finds corrupted image data too.
     """
     path = Path(path)
     try:
@@ -166,16 +297,18 @@ def check_image(path: str | Path, full: bool = False) -> str | None:
             return "not a regular file (a folder, pipe or device)"
         if path.stat().st_size == 0:
             return "empty file"
-        with Image.open(path) as img:
+        with open_image(path, min_short) as img:
             fmt, (width, height) = img.format, img.size
             if width == 0 or height == 0:
                 return f"image has zero size {width}x{height}"
-            if full:
-                img.load()
-        if not full and fmt == "JPEG" and not _has_end(path, fmt):
+        if fmt == "JPEG" and not _has_end(path, fmt):
             return "truncated JPEG (no end-of-image marker)"
-        if not full and fmt == "PNG" and not _has_end(path, fmt):
+        if fmt == "PNG" and not _has_end(path, fmt):
             return "truncated PNG (no IEND chunk)"
+        if full:
+            load_rgb(path, min_short)
+    except ImageDecodeError as err:
+        return f"decode failed: {err.reason}"
     except UnidentifiedImageError:
         return "not an image Pillow can read"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

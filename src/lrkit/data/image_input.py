@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lrkit.data.augment import BatchTransform, normalize
-from lrkit.data.decode import load_rgb, upright_rgb
+from lrkit.data.decode import load_rgb, pil_rgb
 from lrkit.data.presize import PresizeConfig, presize_image
 
 
@@ -35,8 +35,9 @@ def image_input(item: str | Path | Image.Image, preprocess: dict[str, Any] | Non
             "export with preprocess={'size': ..., 'mean': [...], 'std': [...]} to pass images"
         )
     presize, size = preprocess.get("presize"), preprocess.get("size")
-    # the same decode as the loader's, JPEG draft scale included
-    image = load_rgb(item, presize) if isinstance(item, (str, Path)) else upright_rgb(item)
+    # the same decode as the loader's, JPEG draft scale included (also for an image fresh
+    # from Image.open: one route for a path and the image opened from it)
+    image = load_rgb(item, presize) if isinstance(item, (str, Path)) else pil_rgb(item, presize)
     channels = preprocess.get("channels") or len(preprocess.get("mean") or [0, 0, 0])
     if presize:
         pixels = presize_image(image, PresizeConfig(presize), 0.5, 0.5)

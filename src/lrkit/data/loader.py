@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -48,7 +47,6 @@ class ImageItems:
         cache: PresizeCache | None = None,
     ) -> None:
         self.paths, self.targets, self.cfg, self.cache = list(paths), targets, cfg, cache
-        self._warned = False
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -56,19 +54,16 @@ class ImageItems:
     def pixels(self, i: int, u: float = 0.5, v: float = 0.5) -> np.ndarray:
         """(S, S, 3) uint8 presized square of item `i` at crop position (u, v).
 
-        From the cache this is a read-only view into the memory map (no copy).
+        From the cache this is a read-only view into the memory map (no copy). Raises
+        ImageDecodeError when the file cannot be decoded.
         """
         if self.cache is not None:
             region = self.cache.region(i)
             if region is not None:
                 return crop_square(region, u, v)
-        try:
-            return presize_image(load_rgb(self.paths[i], self.cfg.presize), self.cfg, u, v)
-        except Exception as err:  # never crash mid-epoch: a grey square stands in, said once
-            if not self._warned:
-                warnings.warn(f"{self.paths[i]}: {err}; a grey image stands in", stacklevel=2)
-                self._warned = True
-            return np.full((self.cfg.presize, self.cfg.presize, 3), 128, dtype=np.uint8)
+        # no stand-in image ever: a file that fails here (changed since the decode check)
+        # raises ImageDecodeError naming it
+        return presize_image(load_rgb(self.paths[i], self.cfg.presize), self.cfg, u, v)
 
     def batch_pixels(self, items: Sequence[Item], out: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, S, S) pixels of `items`, written into `out` (any dtype) or a new uint8 tensor.

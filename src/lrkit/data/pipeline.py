@@ -17,6 +17,7 @@ import torch
 
 from lrkit.data.augment import IMAGENET_STATS, AugConfig, BatchTransform
 from lrkit.data.cache import PresizeCache
+from lrkit.data.check import check_files
 from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.decode import Junk, check_image
 from lrkit.data.download import cache_dir
@@ -178,13 +179,30 @@ def build_dataloaders(
     )
 
 
+def _checks_file(folder: Path) -> Path:
+    """Where the full decode check of the files under `folder` keeps its results."""
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+    return cache_dir("checks", f"{digest}.json")
+
+
 def check_items(
-    paths: Iterable[Path], labeller: Labeller | None, full_check: bool = False
+    paths: Iterable[Path],
+    labeller: Labeller | None,
+    full_check: bool = True,
+    presize: int | None = None,
+    num_workers: int = 0,
+    results_file: Path | None = None,
 ) -> tuple[list[Path], list[list[str]], list[Junk]]:
-    """(usable paths, their labels, junk): the header check and labelling, before training."""
+    """(usable paths, their labels, junk), all found before training.
+
+    The header check and labelling, then (`full_check`) a full decode of every labelled file
+    at the scale training decodes it (`presize`), in `num_workers` threads, its results kept
+    in `results_file` (see `check.check_files`). Junk comes in the order of `paths`.
+    """
+    paths = list(paths)
     good, labels, junk = [], [], []
     for path in paths:
-        reason = check_image(path, full=full_check)
+        reason = check_image(path, min_short=presize)
         if reason is None and labeller is not None:
             try:
                 item_labels = labeller(path)
@@ -195,6 +213,13 @@ def check_items(
             continue
         good.append(path)
         labels.append(item_labels if labeller is not None else [])
+    if full_check and good:
+        failed = check_files(good, presize, num_workers, results_file)
+        bad = {j.path for j in failed}
+        labels = [lab for p, lab in zip(good, labels, strict=True) if p not in bad]
+        good = [p for p in good if p not in bad]
+        order = {p: k for k, p in enumerate(paths)}
+        junk = sorted(junk + failed, key=lambda j: order[j.path])
     return good, labels, junk
 
 
@@ -230,14 +255,17 @@ def image_dataloaders(
     device: torch.device | str | None = None,
     cache: bool | str | Path = False,
     on_junk: str = "skip",
-    full_check: bool = False,
+    full_check: bool = True,
     stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
 ) -> DataLoaders:
     """Images under `folder`, labelled by file name (Pets: `Breed_name_12.jpg`), folder or func.
 
     Split: `split_folders=("train", "valid")`, else `valid_names` (and `train_names`), else a
     seeded random `valid_pct`. Unusable files are left out and listed once (a JunkWarning), or
-    raise BadImagesError with on_junk="error".
+    raise BadImagesError with on_junk="error". Every file is decoded once before training as
+    training will decode it (`full_check`; results kept in lrkit's cache folder, so a second
+    run decodes only new or changed files); with full_check=False only headers are checked
+    and a file that fails to decode stops training with an ImageDecodeError naming it.
     """
     if on_junk not in ("skip", "error"):
         raise ValueError(f'on_junk must be "skip" or "error", got {on_junk!r}')
@@ -249,7 +277,10 @@ def image_dataloaders(
     if not files:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(f"no image files under {folder} (looked for {extensions})")
-    paths, labels, junk = check_items(files, labeller, full_check)
+    workers = default_num_workers() if num_workers is None else num_workers
+    paths, labels, junk = check_items(
+        files, labeller, full_check, presize, workers, _checks_file(folder)
+    )
     _raise_or_warn(junk, on_junk, folder)
     if split_folders is not None:
         is_valid, keep = split_by_folder(paths, folder, *split_folders)
@@ -298,7 +329,7 @@ def csv_dataloaders(
     device: torch.device | str | None = None,
     cache: bool | str | Path = False,
     on_junk: str = "skip",
-    full_check: bool = False,
+    full_check: bool = True,
     stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS,
 ) -> DataLoaders:
     """Images named in a CSV (file name column, label column) under `folder`.
@@ -326,7 +357,8 @@ def csv_dataloaders(
             )
         else:
             listed[path] = (item_labels, valid)
-    paths, _, bad = check_items(listed, None, full_check)
+    workers = default_num_workers() if num_workers is None else num_workers
+    paths, _, bad = check_items(listed, None, full_check, presize, workers, _checks_file(folder))
     junk += bad
     _raise_or_warn(junk, on_junk, folder)
     labels = [listed[p][0] for p in paths]
