@@ -25,7 +25,7 @@ from torch.utils.data import SequentialSampler
 
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.snapshot import RandomStates, TrainingSnapshot, loader_generators, optimizer_params
+from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def lr_find_repeated(
         )
     loaders = [train_loader, kwargs.get("val_loader")]
     generators = [g for loader in loaders if loader is not None for g in loader_generators(loader)]
-    random_states = RandomStates.capture(generators)
+    loader_states = LoaderStates.capture(loaders)
     runs = []
     try:
         for run in range(repeats):
@@ -374,5 +374,5 @@ def lr_find_repeated(
                     generator.manual_seed(run)
             runs.append(lr_find(model, train_loader, loss_fn, optimizer, **kwargs))
     finally:
-        random_states.restore()
+        loader_states.restore()
     return RepeatedLRFind(tuple(runs))
