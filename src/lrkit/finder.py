@@ -26,6 +26,7 @@ from torch.utils.data import SequentialSampler
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
+from lrkit.step import backward_share, window_size
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class RangeTestConfig:
     mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
     beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
     div_thresh: float | None = 4.0  # stop once smoothed loss > div_thresh x best smoothed loss
-    accum_steps: int = 1  # batches whose gradients are summed before each optimizer step
+    accum_steps: int = 1  # batches whose gradients are averaged in each optimizer step
     val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
     grad_clip: float | None = None  # max gradient norm, None for no clipping
 
@@ -170,12 +171,12 @@ class _Stepper:
     def step(self, batches: Iterator[Any]) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(self.config.accum_steps):
+        window = window_size(0, None, self.config.accum_steps)  # cycled: every window is full
+        for _ in range(window):
             loss = self.loss_of(next(batches))
-            scaled = loss / self.config.accum_steps if self.config.accum_steps > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            backward_share(loss, window, self.scaler)
             total += loss.item()
-        loss_value = _mean_over_ranks(total / self.config.accum_steps, self.device)
+        loss_value = _mean_over_ranks(total / window, self.device)
         if not math.isfinite(loss_value):
             return loss_value  # never step on a NaN: the caller stops here
         if self.scaler:

@@ -32,6 +32,7 @@ from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, o
 from lrkit.metrics import Metric, metric_name
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.step import backward_share, window_size
 from lrkit.summary import summarize
 
 # schedule(pct) -> (one lr per group, momentum or None to leave it alone)
@@ -362,10 +363,11 @@ class Learner:
             if not math.isfinite(value):
                 self._diverge(f"the loss is {value}", index, buffers, saved)
                 break
-            loss = loss / self.options.accum_steps
-            (self._scaler.scale(loss) if self._scaler else loss).backward()
+            # each batch adds its share of the mean over the batches its window really holds
+            window = window_size(index, self.n_iter, self.options.accum_steps)
+            backward_share(loss, window, self._scaler)
             pending += 1
-            if pending == self.options.accum_steps:
+            if pending == window:
                 pending = 0
                 if not self._step(trainable, index):
                     self._restore(buffers, saved)
