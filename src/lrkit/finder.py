@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 
 from lrkit.batch import ForwardFn, default_forward, to_device
+from lrkit.layer_groups import eval_mode
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
 from lrkit.step import backward_share, window_size
@@ -192,13 +193,9 @@ class _Stepper:
 
     @torch.no_grad()
     def validation_loss(self, val_set: list[Any]) -> float:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             loss = float(np.mean([self.loss_of(batch).item() for batch in val_set]))
-            return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
-        finally:
-            self.model.train(was_training)
+        return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
 
 
 def lr_find(
@@ -222,6 +219,7 @@ def lr_find(
     snapshot: str = "memory",
     grad_clip: float | None = None,
     progress: bool | None = None,
+    train_mode: Callable[[nn.Module], Any] | None = None,
 ) -> LRFindResult:
     """Run the learning-rate range test and leave model, optimizer, RNGs and loaders untouched.
 
@@ -232,6 +230,8 @@ def lr_find(
     `forward(model, batch) -> (prediction, target)` adapts other batch layouts; batches are
     moved to `device` (default: where the model's parameters are; the model is not moved).
     `snapshot="disk"` keeps the copy in a temporary file instead of CPU memory.
+    `train_mode(model)` puts the model in training mode (default `model.train()`; the Learner
+    keeps its frozen BatchNorm layers in eval mode).
     """
     config = RangeTestConfig(
         start_lr=start_lr,
@@ -273,6 +273,7 @@ def lr_find(
     loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
     saved = TrainingSnapshot.capture(model, optimizer, loaders, to_disk=snapshot == "disk")
     try:
+        (train_mode or nn.Module.train)(model)
         return _sweep(stepper, train_loader, val_loader, progress)
     finally:
         saved.restore()
@@ -281,8 +282,8 @@ def lr_find(
 def _sweep(
     stepper: _Stepper, train_loader: Iterable, val_loader: Iterable | None, progress: bool | None
 ) -> LRFindResult:
-    """The loop itself; the caller snapshots and restores around it."""
-    model, optimizer, config = stepper.model, stepper.optimizer, stepper.config
+    """The loop itself; the caller snapshots and restores around it and sets the mode."""
+    optimizer, config = stepper.optimizer, stepper.config
     # Every group follows the sweep at its own ratio to the last group with a non-zero lr
     # (a zero lr stays zero); with no lr set anywhere, all groups sweep alike.
     nonzero = [g["lr"] for g in optimizer.param_groups if g["lr"]]
@@ -294,7 +295,6 @@ def _sweep(
         val_iter = iter(val_loader)
         val_set = [b for _, b in zip(range(config.val_batches), val_iter, strict=False)]
 
-    model.train()
     lrs, raw_losses, losses, group_lrs = [], [], [], []
     average, best, stop_reason = 0.0, math.inf, "completed"
     bar = _progress_bar(progress)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from lrkit.batch import to_device
+from lrkit.layer_groups import eval_mode
 from lrkit.snapshot import LoaderStates
 
 if TYPE_CHECKING:
@@ -44,17 +45,14 @@ def _output_shapes(learn: Learner, modules: list[tuple[str, nn.Module]]) -> dict
         return hook
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in modules]
-    was_training = learn.model.training
     states = LoaderStates.capture([loader])
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(learn.model):
             batch = next(iter(loader), None)
             if batch is not None:
-                learn.model.eval()
                 learn.forward(learn.model, to_device(batch, learn.device))
     finally:
         states.restore()
-        learn.model.train(was_training)
         for handle in handles:
             handle.remove()
     return shapes
