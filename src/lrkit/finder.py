@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,7 +39,8 @@ class RangeTestConfig:
     num_it: int = 100
     mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
     beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
-    div_thresh: float | None = 4.0  # stop once smoothed loss > div_thresh x best smoothed loss
+    div_thresh: float | None = 4.0  # stop once the smoothed loss rises (div_thresh - 1) x the
+    # curve's scale above its best; see `has_diverged` (None: never stop on divergence)
     accum_steps: int = 1  # batches whose gradients are averaged in each optimizer step
     val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
     grad_clip: float | None = None  # max gradient norm, None for no clipping
@@ -83,6 +84,36 @@ def sweep_lr(step: int, config: RangeTestConfig) -> float:
     if config.mode == "exp":
         return config.start_lr * (config.end_lr / config.start_lr) ** progress
     return config.start_lr + (config.end_lr - config.start_lr) * progress
+
+
+MIN_POINTS_TO_DIVERGE = 6  # the noise is estimated from at least 5 step-to-step changes
+
+
+def has_diverged(raw_losses: Sequence[float], losses: Sequence[float], div_thresh: float) -> bool:
+    """Whether the curve so far has blown up: its last smoothed loss lies more than
+    (div_thresh - 1) x scale above the best smoothed loss.
+
+    `raw_losses` and `losses` (smoothed) are the curve so far, same length, in loss units.
+    scale = max(fall, noise): fall is how far the smoothed curve came down to its best (from
+    its highest point before the best), noise the batch-to-batch spread of the raw loss (the
+    90th percentile of its step-to-step changes: robust to a few outlier batches, and to the
+    blow-up itself while that is short). Both are differences, so adding a constant to the
+    loss changes nothing (a loss near or below zero stops where the same loss shifted up
+    would), and scaling the loss scales both sides alike. Start-of-curve noise stays below
+    the bar, and nothing stops before `MIN_POINTS_TO_DIVERGE` points: the noise needs a few
+    changes to be measured. A curve that falls from 2.3 to 0.5 stops, with div_thresh 4,
+    once it climbs past 0.5 + 3 x 1.8; one that stays flat with batch noise of standard
+    deviation s, once it rises about 7 s.
+    """
+    if len(losses) < MIN_POINTS_TO_DIVERGE:
+        return False
+    smoothed = np.asarray(losses, dtype=np.float64)
+    best_at = int(np.argmin(smoothed))
+    best = smoothed[best_at]
+    fall = smoothed[: best_at + 1].max() - best
+    changes = np.abs(np.diff(np.asarray(raw_losses, dtype=np.float64)))
+    noise = float(np.quantile(changes, 0.9))
+    return bool(smoothed[-1] - best > (div_thresh - 1) * max(fall, noise))
 
 
 def cycle(loader: Iterable, name: str) -> Iterator[Any]:
@@ -227,6 +258,9 @@ def lr_find(
     of `optimizer` (AdamW over the trainable parameters when None) is scaled by the same
     factor so discriminative ratios are kept, and the recorded lr is the last group's. With
     `val_loader` the loss is measured on its first `val_batches` batches after each step.
+    The test stops early when the loss is not finite, or as diverged once the smoothed loss
+    rises more than (`div_thresh` - 1) x the curve's scale above its best (see `has_diverged`:
+    the same stop for the loss plus any constant; None never stops on divergence).
     `forward(model, batch) -> (prediction, target)` adapts other batch layouts; batches are
     moved to `device` (default: where the model's parameters are; the model is not moved).
     `snapshot="disk"` keeps the copy in a temporary file instead of CPU memory.
@@ -296,7 +330,7 @@ def _sweep(
         val_set = [b for _, b in zip(range(config.val_batches), val_iter, strict=False)]
 
     lrs, raw_losses, losses, group_lrs = [], [], [], []
-    average, best, stop_reason = 0.0, math.inf, "completed"
+    average, stop_reason = 0.0, "completed"
     bar = _progress_bar(progress)
     with bar if bar is not None else contextlib.nullcontext():
         task = bar.add_task("lr_find", total=config.num_it, lr=0.0, loss=0.0) if bar else None
@@ -316,12 +350,10 @@ def _sweep(
             raw_losses.append(loss)
             losses.append(smoothed)
             group_lrs.append([lr * ratio for ratio in ratios])
-            best = min(best, smoothed)
             if bar is not None:
                 bar.update(task, advance=1, lr=lr, loss=smoothed)
-            # "div_thresh x best", measured from the best so that it also holds below zero
-            if config.div_thresh is not None and smoothed - best > (config.div_thresh - 1) * abs(
-                best
+            if config.div_thresh is not None and has_diverged(
+                raw_losses, losses, config.div_thresh
             ):
                 stop_reason = "diverged"
                 break
