@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lrkit
-from lrkit.finder import sweep_lr
+from lrkit.finder import has_diverged, sweep_lr
 
 torch.set_num_threads(1)
 
@@ -196,12 +196,18 @@ def test_nan_loss_stops_and_is_not_kept(setup):
     assert_same(before, everything(model, optimizer, loader))
 
 
-def test_divergence_stops_at_four_times_best(setup):
+def test_divergence_stops_at_the_first_point_the_rule_calls_a_blow_up(setup):
     model, loader, optimizer = setup
     res = lrkit.lr_find(model, loader, F.cross_entropy, optimizer, start_lr=1e-3, end_lr=1e4)
-    assert res.stop_reason == "diverged"
-    assert res.losses[-1] > 4 * res.losses[:-1].min()
-    assert (res.losses[:-1] <= 4 * np.minimum.accumulate(res.losses[:-1])).all()
+    assert res.stop_reason == "diverged" and len(res.lrs) < 100
+    n = len(res.lrs)
+    assert has_diverged(res.raw_losses, res.losses, 4.0)
+    assert not any(has_diverged(res.raw_losses[:i], res.losses[:i], 4.0) for i in range(1, n))
+    assert res.losses[-1] > 2 * res.losses.min()  # a real blow-up, not a wobble
+    shifted = lrkit.lr_find(
+        model, loader, lambda p, t: F.cross_entropy(p, t) - 10.0, optimizer, 1e-3, 1e4
+    )
+    assert len(shifted.lrs) == n  # where the loss level sits does not matter
 
 
 def test_param_groups_keep_their_ratios(setup):

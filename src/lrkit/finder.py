@@ -11,7 +11,7 @@ import contextlib
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,8 +24,10 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 
 from lrkit.batch import ForwardFn, default_forward, to_device
+from lrkit.layer_groups import eval_mode
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.snapshot import RandomStates, TrainingSnapshot, loader_generators, optimizer_params
+from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
+from lrkit.step import backward_share, window_size
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,9 @@ class RangeTestConfig:
     num_it: int = 100
     mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
     beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
-    div_thresh: float | None = 4.0  # stop once smoothed loss > div_thresh x best smoothed loss
-    accum_steps: int = 1  # batches whose gradients are summed before each optimizer step
+    div_thresh: float | None = 4.0  # stop once the smoothed loss rises (div_thresh - 1) x the
+    # curve's scale above its best; see `has_diverged` (None: never stop on divergence)
+    accum_steps: int = 1  # batches whose gradients are averaged in each optimizer step
     val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
     grad_clip: float | None = None  # max gradient norm, None for no clipping
 
@@ -81,6 +84,36 @@ def sweep_lr(step: int, config: RangeTestConfig) -> float:
     if config.mode == "exp":
         return config.start_lr * (config.end_lr / config.start_lr) ** progress
     return config.start_lr + (config.end_lr - config.start_lr) * progress
+
+
+MIN_POINTS_TO_DIVERGE = 6  # the noise is estimated from at least 5 step-to-step changes
+
+
+def has_diverged(raw_losses: Sequence[float], losses: Sequence[float], div_thresh: float) -> bool:
+    """Whether the curve so far has blown up: its last smoothed loss lies more than
+    (div_thresh - 1) x scale above the best smoothed loss.
+
+    `raw_losses` and `losses` (smoothed) are the curve so far, same length, in loss units.
+    scale = max(fall, noise): fall is how far the smoothed curve came down to its best (from
+    its highest point before the best), noise the batch-to-batch spread of the raw loss (the
+    90th percentile of its step-to-step changes: robust to a few outlier batches, and to the
+    blow-up itself while that is short). Both are differences, so adding a constant to the
+    loss changes nothing (a loss near or below zero stops where the same loss shifted up
+    would), and scaling the loss scales both sides alike. Start-of-curve noise stays below
+    the bar, and nothing stops before `MIN_POINTS_TO_DIVERGE` points: the noise needs a few
+    changes to be measured. A curve that falls from 2.3 to 0.5 stops, with div_thresh 4,
+    once it climbs past 0.5 + 3 x 1.8; one that stays flat with batch noise of standard
+    deviation s, once it rises about 7 s.
+    """
+    if len(losses) < MIN_POINTS_TO_DIVERGE:
+        return False
+    smoothed = np.asarray(losses, dtype=np.float64)
+    best_at = int(np.argmin(smoothed))
+    best = smoothed[best_at]
+    fall = smoothed[: best_at + 1].max() - best
+    changes = np.abs(np.diff(np.asarray(raw_losses, dtype=np.float64)))
+    noise = float(np.quantile(changes, 0.9))
+    return bool(smoothed[-1] - best > (div_thresh - 1) * max(fall, noise))
 
 
 def cycle(loader: Iterable, name: str) -> Iterator[Any]:
@@ -170,12 +203,12 @@ class _Stepper:
     def step(self, batches: Iterator[Any]) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(self.config.accum_steps):
+        window = window_size(0, None, self.config.accum_steps)  # cycled: every window is full
+        for _ in range(window):
             loss = self.loss_of(next(batches))
-            scaled = loss / self.config.accum_steps if self.config.accum_steps > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            backward_share(loss, window, self.scaler)
             total += loss.item()
-        loss_value = _mean_over_ranks(total / self.config.accum_steps, self.device)
+        loss_value = _mean_over_ranks(total / window, self.device)
         if not math.isfinite(loss_value):
             return loss_value  # never step on a NaN: the caller stops here
         if self.scaler:
@@ -191,13 +224,9 @@ class _Stepper:
 
     @torch.no_grad()
     def validation_loss(self, val_set: list[Any]) -> float:
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             loss = float(np.mean([self.loss_of(batch).item() for batch in val_set]))
-            return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
-        finally:
-            self.model.train(was_training)
+        return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
 
 
 def lr_find(
@@ -221,6 +250,7 @@ def lr_find(
     snapshot: str = "memory",
     grad_clip: float | None = None,
     progress: bool | None = None,
+    train_mode: Callable[[nn.Module], Any] | None = None,
 ) -> LRFindResult:
     """Run the learning-rate range test and leave model, optimizer, RNGs and loaders untouched.
 
@@ -228,9 +258,14 @@ def lr_find(
     of `optimizer` (AdamW over the trainable parameters when None) is scaled by the same
     factor so discriminative ratios are kept, and the recorded lr is the last group's. With
     `val_loader` the loss is measured on its first `val_batches` batches after each step.
+    The test stops early when the loss is not finite, or as diverged once the smoothed loss
+    rises more than (`div_thresh` - 1) x the curve's scale above its best (see `has_diverged`:
+    the same stop for the loss plus any constant; None never stops on divergence).
     `forward(model, batch) -> (prediction, target)` adapts other batch layouts; batches are
     moved to `device` (default: where the model's parameters are; the model is not moved).
     `snapshot="disk"` keeps the copy in a temporary file instead of CPU memory.
+    `train_mode(model)` puts the model in training mode (default `model.train()`; the Learner
+    keeps its frozen BatchNorm layers in eval mode).
     """
     config = RangeTestConfig(
         start_lr=start_lr,
@@ -272,6 +307,7 @@ def lr_find(
     loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
     saved = TrainingSnapshot.capture(model, optimizer, loaders, to_disk=snapshot == "disk")
     try:
+        (train_mode or nn.Module.train)(model)
         return _sweep(stepper, train_loader, val_loader, progress)
     finally:
         saved.restore()
@@ -280,8 +316,8 @@ def lr_find(
 def _sweep(
     stepper: _Stepper, train_loader: Iterable, val_loader: Iterable | None, progress: bool | None
 ) -> LRFindResult:
-    """The loop itself; the caller snapshots and restores around it."""
-    model, optimizer, config = stepper.model, stepper.optimizer, stepper.config
+    """The loop itself; the caller snapshots and restores around it and sets the mode."""
+    optimizer, config = stepper.optimizer, stepper.config
     # Every group follows the sweep at its own ratio to the last group with a non-zero lr
     # (a zero lr stays zero); with no lr set anywhere, all groups sweep alike.
     nonzero = [g["lr"] for g in optimizer.param_groups if g["lr"]]
@@ -293,9 +329,8 @@ def _sweep(
         val_iter = iter(val_loader)
         val_set = [b for _, b in zip(range(config.val_batches), val_iter, strict=False)]
 
-    model.train()
     lrs, raw_losses, losses, group_lrs = [], [], [], []
-    average, best, stop_reason = 0.0, math.inf, "completed"
+    average, stop_reason = 0.0, "completed"
     bar = _progress_bar(progress)
     with bar if bar is not None else contextlib.nullcontext():
         task = bar.add_task("lr_find", total=config.num_it, lr=0.0, loss=0.0) if bar else None
@@ -315,12 +350,10 @@ def _sweep(
             raw_losses.append(loss)
             losses.append(smoothed)
             group_lrs.append([lr * ratio for ratio in ratios])
-            best = min(best, smoothed)
             if bar is not None:
                 bar.update(task, advance=1, lr=lr, loss=smoothed)
-            # "div_thresh x best", measured from the best so that it also holds below zero
-            if config.div_thresh is not None and smoothed - best > (config.div_thresh - 1) * abs(
-                best
+            if config.div_thresh is not None and has_diverged(
+                raw_losses, losses, config.div_thresh
             ):
                 stop_reason = "diverged"
                 break
@@ -364,7 +397,7 @@ def lr_find_repeated(
         )
     loaders = [train_loader, kwargs.get("val_loader")]
     generators = [g for loader in loaders if loader is not None for g in loader_generators(loader)]
-    random_states = RandomStates.capture(generators)
+    loader_states = LoaderStates.capture(loaders)
     runs = []
     try:
         for run in range(repeats):
@@ -374,5 +407,5 @@ def lr_find_repeated(
                     generator.manual_seed(run)
             runs.append(lr_find(model, train_loader, loss_fn, optimizer, **kwargs))
     finally:
-        random_states.restore()
+        loader_states.restore()
     return RepeatedLRFind(tuple(runs))

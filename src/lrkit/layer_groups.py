@@ -7,7 +7,8 @@ once instead of silently training (or freezing) the wrong layers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 from torch import nn
 
@@ -91,3 +92,27 @@ def bn_parameter_ids(model: nn.Module) -> set[int]:
         if isinstance(module, BN_TYPES)
         for param in module.parameters(recurse=False)
     }
+
+
+def norm_layers_within(model: nn.Module, param_ids: set[int]) -> list[nn.Module]:
+    """The BatchNorm layers all of whose parameters are among `param_ids` (layers without
+    parameters, affine=False, are never counted: no group holds them)."""
+    layers = []
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, BN_TYPES) and params and all(id(p) in param_ids for p in params):
+            layers.append(module)
+    return layers
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """`model.eval()` inside; afterwards every module gets its own mode back, so a layer kept
+    in eval mode while training (a frozen BatchNorm) stays so, unlike `model.train(was)`."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

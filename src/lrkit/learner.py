@@ -29,11 +29,19 @@ from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
 from lrkit.data.dataloaders import length_or_none
-from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, one_group
+from lrkit.layer_groups import (
+    Splitter,
+    bn_parameter_ids,
+    check_layer_groups,
+    eval_mode,
+    norm_layers_within,
+    one_group,
+)
 from lrkit.metrics import Metric, metric_name
 from lrkit.predictor import Prediction, predict
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.step import backward_share, window_size
 from lrkit.summary import summarize
 
 # schedule(pct) -> (one lr per group, momentum or None to leave it alone)
@@ -138,6 +146,7 @@ class Learner:
         self.layer_groups = check_layer_groups(self.model, self.splitter(self.model))
         self.opt_spec, self.wd, self.lr = opt, wd, lr
         self.opt = self._make_opt()
+        self._frozen_bn: list[nn.Module] = []  # kept in eval mode while frozen (train_bn=False)
         self.recorder = Recorder()
         self.cbs: list[Callback] = [self.recorder, *cbs]
         self.show_progress = progress
@@ -222,9 +231,24 @@ class Learner:
         for group_index, params in enumerate(self.layer_groups):
             for param in params:
                 param.requires_grad_(group_index >= index or id(param) in keep)
+        frozen = {id(p) for params in self.layer_groups[:index] for p in params}
+        previous = self._frozen_bn
+        self._frozen_bn = [] if self.options.train_bn else norm_layers_within(self.model, frozen)
+        for layer in previous:
+            if all(layer is not kept for kept in self._frozen_bn):
+                layer.train(self.model.training)  # unfrozen: back to the model's mode
+        for layer in self._frozen_bn:
+            layer.eval()
 
     def freeze(self) -> None:
-        """Freeze all layer groups but the last (the head); BatchNorm stays trainable (train_bn)."""
+        """Freeze all layer groups but the last (the head).
+
+        With train_bn=True (the default) the BatchNorm layers of the frozen groups keep
+        training: their affine parameters stay trainable and their running statistics follow
+        the data. With train_bn=False they are frozen whole: no gradient, and eval mode while
+        frozen (also after the model.train() each epoch makes), so their running statistics
+        stay as they are. `unfreeze()` gives them back the model's mode.
+        """
         self.freeze_to(-1)
 
     def unfreeze(self) -> None:
@@ -239,6 +263,12 @@ class Learner:
             if any(p.requires_grad for p in params if id(p) not in bn):
                 return index
         return self.n_groups
+
+    def _train_mode(self, model: nn.Module) -> None:
+        """`model.train()`, but the BatchNorm layers frozen with train_bn=False stay in eval."""
+        model.train()
+        for layer in self._frozen_bn:
+            layer.eval()
 
     def _trainable(self) -> list[nn.Parameter]:
         return [p for params in self.layer_groups for p in params if p.requires_grad]
@@ -318,7 +348,7 @@ class Learner:
                 for epoch in range(n_epoch):
                     self.epoch = epoch
                     start = time.perf_counter()
-                    self.model.train()
+                    self._train_mode(self.model)
                     self._run(callbacks, "before_epoch")
                     losses = self._train_epoch(callbacks, schedule, step, total)
                     step += self.n_iter
@@ -364,10 +394,11 @@ class Learner:
             if not math.isfinite(value):
                 self._diverge(f"the loss is {value}", index, buffers, saved)
                 break
-            loss = loss / self.options.accum_steps
-            (self._scaler.scale(loss) if self._scaler else loss).backward()
+            # each batch adds its share of the mean over the batches its window really holds
+            window = window_size(index, self.n_iter, self.options.accum_steps)
+            backward_share(loss, window, self._scaler)
             pending += 1
-            if pending == self.options.accum_steps:
+            if pending == window:
                 pending = 0
                 if not self._step(trainable, index):
                     self._restore(buffers, saved)
@@ -567,6 +598,7 @@ class Learner:
             "forward": self._finder_forward,
             "snapshot": snapshot,
             "grad_clip": self.options.grad_clip,
+            "train_mode": self._train_mode,
             "progress": progress
             if progress is not None
             else (None if self.show_progress else False),
@@ -620,26 +652,21 @@ class Learner:
         self, loader: Iterable, keep: bool, cpu: bool = False
     ) -> tuple[float, int, list[torch.Tensor], list[torch.Tensor]]:
         """Summed loss (per item), item count and, with `keep`, the outputs and targets."""
-        was_training = self.model.training
-        self.model.eval()
         total_loss, count = 0.0, 0
         preds: list[torch.Tensor] = []
         targets: list[torch.Tensor] = []
-        try:
-            with torch.no_grad(), self._autocast():
-                for batch in loader:
-                    batch = to_device(batch, self.device, non_blocking=True)
-                    if self.options.channels_last:
-                        batch = _channels_last(batch)
-                    pred, target = self.forward(self._train_model, batch)
-                    n = _batch_size(target)
-                    total_loss += float(self.loss_fn(pred, target)) * n
-                    count += n
-                    if keep:
-                        preds.append(pred.float().cpu() if cpu else pred.float())
-                        targets.append(target.cpu() if cpu else target)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad(), self._autocast():
+            for batch in loader:
+                batch = to_device(batch, self.device, non_blocking=True)
+                if self.options.channels_last:
+                    batch = _channels_last(batch)
+                pred, target = self.forward(self._train_model, batch)
+                n = _batch_size(target)
+                total_loss += float(self.loss_fn(pred, target)) * n
+                count += n
+                if keep:
+                    preds.append(pred.float().cpu() if cpu else pred.float())
+                    targets.append(target.cpu() if cpu else target)
         return total_loss, count, preds, targets
 
     def _warn_no_valid(self) -> None:

@@ -44,7 +44,8 @@ class LRFindResult:
     """One range test: lrs (of the last param group), smoothed and raw losses, and how it ended.
 
     `group_lrs[i, g]` is the lr param group g had at step i (groups keep their ratios).
-    `stop_reason` is "completed", "diverged" (smoothed loss > div_thresh x best) or
+    `stop_reason` is "completed", "diverged" (the smoothed loss rose more than
+    (div_thresh - 1) x the curve's scale above its best; see `lrkit.finder.has_diverged`) or
     "non-finite loss".
     """
 

@@ -2,10 +2,11 @@
 
 The range test trains for real, so before it starts we copy: parameters, buffers and
 gradients; `requires_grad` flags and train/eval modes; the optimizer's state and
-hyper-parameters; the torch, CUDA, numpy and Python RNG states; and the torch.Generators of
-the data loaders (which fix the next shuffle). Tensors go to CPU memory by default (never a
-second GPU copy) or, for models that do not fit twice in RAM, to one temporary file outside
-the working directory that is memory-mapped back on restore.
+hyper-parameters; the torch, CUDA, numpy and Python RNG states; the torch.Generators of
+the data loaders (which fix the next shuffle); and the live iterators of loaders with
+persistent workers, set aside so that their workers serve no batch meanwhile. Tensors go to
+CPU memory by default (never a second GPU copy) or, for models that do not fit twice in RAM,
+to one temporary file outside the working directory that is memory-mapped back on restore.
 """
 
 from __future__ import annotations
@@ -22,22 +23,33 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+
+
+def torch_loaders(loader: Any) -> list[DataLoader]:
+    """The torch DataLoaders behind `loader`: itself, or those a wrapper holds as attributes
+    (lrkit's image BatchLoader keeps one as `.loader`)."""
+    if isinstance(loader, DataLoader):
+        return [loader]
+    inner = vars(loader).values() if hasattr(loader, "__dict__") else ()
+    return [value for value in inner if isinstance(value, DataLoader)]
 
 
 def loader_generators(loader: Any) -> list[torch.Generator]:
-    """The torch.Generators a DataLoader draws its order and worker seeds from (deduplicated)."""
-    candidates = [
-        getattr(loader, "generator", None),
-        getattr(getattr(loader, "sampler", None), "generator", None),
-        getattr(
-            getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None
-        ),
-        getattr(getattr(loader, "batch_sampler", None), "generator", None),
-    ]
+    """Every torch.Generator a loader draws from, deduplicated: the shuffle order and worker
+    seeds (`generator`), a sampler's or batch sampler's own, and a wrapper's `worker_generator`
+    (the image BatchLoader's), also for the DataLoaders a wrapper holds."""
+    owners: list[Any] = []
+    for each in [loader, *(inner for inner in torch_loaders(loader) if inner is not loader)]:
+        batch_sampler = getattr(each, "batch_sampler", None)
+        owners += [each, getattr(each, "sampler", None), batch_sampler]
+        owners.append(getattr(batch_sampler, "sampler", None))
     found: dict[int, torch.Generator] = {}
-    for generator in candidates:
-        if isinstance(generator, torch.Generator):
-            found[id(generator)] = generator
+    for owner in owners:
+        for name in ("generator", "worker_generator"):
+            generator = getattr(owner, name, None)
+            if isinstance(generator, torch.Generator):
+                found.setdefault(id(generator), generator)
     return list(found.values())
 
 
@@ -70,6 +82,50 @@ class RandomStates:
         random.setstate(self.python)
         for generator, state in self.generators:
             generator.set_state(state)
+
+
+@dataclass
+class LoaderStates:
+    """Everything iterating some loaders changes, and how to put it back.
+
+    The RNGs (global ones and every loader generator; see `loader_generators`) and the live
+    iterator of each DataLoader with persistent workers. That iterator is set aside at capture:
+    its worker processes keep RNG states of their own (augmentation drawn in `__getitem__`)
+    that no snapshot can reach, so they must not serve any batch in between. Iterating the
+    loader meanwhile opens fresh workers, which `restore` shuts down before it puts the live
+    iterator back, so the next epoch continues exactly where it would have without the detour.
+    """
+
+    random_states: RandomStates
+    set_aside: list[tuple[DataLoader, Any]]  # (persistent DataLoader, its iterator or None)
+
+    @classmethod
+    def capture(cls, loaders: Iterable[Any]) -> LoaderStates:
+        generators: dict[int, torch.Generator] = {}
+        persistent: dict[int, DataLoader] = {}
+        for loader in loaders:
+            if loader is None:
+                continue
+            for generator in loader_generators(loader):
+                generators.setdefault(id(generator), generator)
+            for inner in torch_loaders(loader):
+                if inner.persistent_workers:
+                    persistent.setdefault(id(inner), inner)
+        set_aside = []
+        for inner in persistent.values():
+            set_aside.append((inner, inner._iterator))  # DataLoader keeps it in `_iterator`
+            inner._iterator = None
+        return cls(RandomStates.capture(generators.values()), set_aside)
+
+    def restore(self, keep: bool = False) -> None:
+        """Put the RNG states back and stop the workers opened since the capture; the live
+        iterators go back to their loaders unless `keep` (to restore the same state again)."""
+        self.random_states.restore()
+        for loader, iterator in self.set_aside:
+            opened = loader._iterator
+            if opened is not None and opened is not iterator:
+                opened._shutdown_workers()
+            loader._iterator = None if keep else iterator
 
 
 class _TensorStore:
@@ -114,9 +170,8 @@ class TrainingSnapshot:
     has_grad: list[bool]
     training: list[bool]
     optimizer_meta: _OptimizerMeta | None
-    random_states: RandomStates
+    loader_states: LoaderStates
     tensor_specs: dict[str, tuple[torch.device, torch.dtype]] = field(default_factory=dict)
-    unopened_loaders: list[Any] = field(default_factory=list)
 
     @classmethod
     def capture(
@@ -143,12 +198,6 @@ class TrainingSnapshot:
             tensors.update(optimizer_tensors)
             specs = {name: (t.device, t.dtype) for name, t in optimizer_tensors.items()}
 
-        generators: dict[int, torch.Generator] = {}
-        loaders = list(loaders)
-        for loader in loaders:
-            for generator in loader_generators(loader):
-                generators[id(generator)] = generator
-
         return cls(
             model=model,
             optimizer=optimizer,
@@ -157,9 +206,8 @@ class TrainingSnapshot:
             has_grad=[p.grad is not None for p in params],
             training=[m.training for m in model.modules()],
             optimizer_meta=optimizer_meta,
-            random_states=RandomStates.capture(generators.values()),
+            loader_states=LoaderStates.capture(loaders),
             tensor_specs=specs,
-            unopened_loaders=[loader for loader in loaders if _unopened_persistent(loader)],
         )
 
     @torch.no_grad()
@@ -181,29 +229,9 @@ class TrainingSnapshot:
             module.training = training
         if self.optimizer is not None and self.optimizer_meta is not None:
             _restore_optimizer(self.optimizer, self.optimizer_meta, saved, self.tensor_specs)
-        self.random_states.restore()
-        for loader in self.unopened_loaders:
-            _close_persistent_iterator(loader)
+        self.loader_states.restore(keep)
         if not keep:
             self.store.discard()
-
-
-def _unopened_persistent(loader: Any) -> bool:
-    """A DataLoader with persistent workers that has not started them yet."""
-    return getattr(loader, "persistent_workers", False) and loader._iterator is None
-
-
-def _close_persistent_iterator(loader: Any) -> None:
-    """Stop the persistent workers opened since the snapshot and forget their iterator.
-
-    A DataLoader reuses a persistent iterator, and reusing skips the worker-seed draw that
-    opening one makes: without this, the first epoch after a range test would shuffle
-    differently from the same epoch without one. (DataLoader keeps it in `_iterator`.)
-    """
-    iterator = loader._iterator
-    if iterator is not None:
-        iterator._shutdown_workers()
-        loader._iterator = None
 
 
 def _all_params(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:

@@ -2,7 +2,8 @@
 
 Output shapes come from one forward pass on a single batch (valid loader first, so no
 shuffling sampler is touched) in eval mode without gradients; the global random states and
-the loader's generators are restored, so the summary leaves no trace on training.
+the loader's generators are restored and live persistent workers serve no batch, so the
+summary leaves no trace on training.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from lrkit.batch import to_device
-from lrkit.snapshot import RandomStates, loader_generators
+from lrkit.layer_groups import eval_mode
+from lrkit.snapshot import LoaderStates
 
 if TYPE_CHECKING:
     from lrkit.learner import Learner
@@ -43,17 +45,14 @@ def _output_shapes(learn: Learner, modules: list[tuple[str, nn.Module]]) -> dict
         return hook
 
     handles = [module.register_forward_hook(recorder(name)) for name, module in modules]
-    was_training = learn.model.training
-    states = RandomStates.capture(loader_generators(loader))
+    states = LoaderStates.capture([loader])
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(learn.model):
             batch = next(iter(loader), None)
             if batch is not None:
-                learn.model.eval()
                 learn.forward(learn.model, to_device(batch, learn.device))
     finally:
         states.restore()
-        learn.model.train(was_training)
         for handle in handles:
             handle.remove()
     return shapes

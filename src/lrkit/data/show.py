@@ -11,34 +11,22 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-
-def _generators(loader: Any) -> list[torch.Generator]:
-    """Every torch.Generator a loader draws from (shuffle, sampler, augmentation seeds)."""
-    found: list[torch.Generator] = []
-    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        for name in ("generator", "worker_generator"):  # plan and seeds; workers' base seed
-            g = getattr(owner, name, None)
-            if isinstance(g, torch.Generator) and all(g is not h for h in found):
-                found.append(g)
-    return found
+from lrkit.snapshot import LoaderStates
 
 
 @contextlib.contextmanager
 def preserved_rng(loader: Iterable) -> Iterator[None]:
-    """Inside: iterate `loader` freely; after: its generators and torch's global RNG as before."""
-    generators = _generators(loader)
-    states = [g.get_state() for g in generators]
-    global_state = torch.get_rng_state()
+    """Inside: iterate `loader` freely; after: its generators, the global RNGs and any live
+    persistent workers are as they were (see `lrkit.snapshot.LoaderStates`)."""
+    states = LoaderStates.capture([loader])
     try:
         yield
     finally:
-        for g, state in zip(generators, states, strict=True):
-            g.set_state(state)
-        torch.set_rng_state(global_state)
+        states.restore()
 
 
 def peek_batch(loader: Iterable) -> Any:
-    """The first batch of `loader`; its random generators and torch's global RNG are restored."""
+    """The first batch of `loader`, leaving no trace (see `preserved_rng`)."""
     with preserved_rng(loader):
         return next(iter(loader))
 
