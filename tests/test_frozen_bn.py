@@ -56,6 +56,8 @@ def test_range_test_and_validate_keep_a_frozen_bn_in_eval():
     assert not bn.training and learn.model.training  # restored as it was
     learn.validate()
     assert not bn.training and learn.model.training
+    learn.predict(torch.zeros(8))  # predict, like validate, gives every module its mode back
+    assert not bn.training and learn.model.training
     after = clone_state(learn.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -229,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(find)
     add_range_test(find)
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
-    find.add_argument("--div-thresh", type=above_one, default=4.0, help="stop at this x best loss")
+    find.add_argument(
+        "--div-thresh",
+        type=above_one,
+        default=4.0,
+        help="stop when the loss rises (x - 1) times its fall (or its noise) above the best",
+    )
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
     find.add_argument("--repeats", type=positive_int, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from lrkit.data.image_input import image_input
+from lrkit.layer_groups import eval_mode
 
 
 class Prediction(NamedTuple):
@@ -47,13 +48,8 @@ def predict(
         raise TypeError(
             f"predict takes a tensor, array, image path or PIL image, got {type(item).__name__}"
         )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):  # every module's own mode back afterwards
+        out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
     if multi_label:
         probs = out.sigmoid()
         index = (probs > thresh).nonzero().flatten().tolist()
