@@ -24,16 +24,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from lrkit.models.efficientnet import (
-    efficientnet_lite0,
-    efficientnet_lite1,
-    efficientnet_lite2,
-    efficientnet_lite3,
-    efficientnet_lite4,
-)
-from lrkit.models.resnet import resnet18, resnet34, resnet50, resnet101, resnet152, resnet_small
 from lrkit.models.small import simple_cnn
-from lrkit.models.vision_model import vision_model
+from lrkit.models.vision_model import ARCHS, vision_model
 
 Builder = Callable[..., nn.Module]
 B = TypeVar("B", bound=Callable[..., Any])
@@ -52,22 +44,7 @@ def reference(builder: Callable[..., Any]) -> str:
 
 
 _BUILDERS: dict[str, Builder] = {
-    reference(fn): fn
-    for fn in (
-        vision_model,
-        resnet18,
-        resnet34,
-        resnet50,
-        resnet101,
-        resnet152,
-        resnet_small,
-        simple_cnn,
-        efficientnet_lite0,
-        efficientnet_lite1,
-        efficientnet_lite2,
-        efficientnet_lite3,
-        efficientnet_lite4,
-    )
+    reference(fn): fn for fn in (vision_model, simple_cnn, *ARCHS.values())
 }
 
 

@@ -27,6 +27,13 @@ def is_resnet_like(model: nn.Module) -> bool:
     return {"layer1", "layer2", "layer3", "layer4"} <= names
 
 
+def _body_and_head(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """(the network to split, [the head] for lrkit's VisionModel, else [])."""
+    if isinstance(model, VisionModel):
+        return model.body, [model.head]
+    return model, []
+
+
 def resnet_split(model: nn.Module) -> Groups:
     """(stem + layer1 + layer2), (layer3 + layer4), head: fastai's three ResNet groups."""
     if not is_resnet_like(model):
@@ -34,10 +41,7 @@ def resnet_split(model: nn.Module) -> Groups:
             f"resnet_split needs children named layer1..layer4, and {type(model).__name__} "
             "has none; use children_split or a splitter of your own"
         )
-    if isinstance(model, VisionModel):
-        body, tail = model.body, [model.head]
-    else:
-        body, tail = model, []
+    body, tail = _body_and_head(model)
     children = list(body.named_children())
     names = [name for name, _ in children]
     start, end = names.index("layer3"), names.index("layer4") + 1
@@ -71,10 +75,7 @@ def efficientnet_split(model: nn.Module) -> Groups:
             f"stages) and conv_head, and {type(model).__name__} lacks them; use children_split "
             "or a splitter of your own"
         )
-    if isinstance(model, VisionModel):
-        body, tail = model.body, [model.head]
-    else:
-        body, tail = model, []
+    body, tail = _body_and_head(model)
     children = list(body.named_children())
     names = [name for name, _ in children]
     start = names.index("blocks")
