@@ -19,7 +19,7 @@ fi
 # Installing torch alone first keeps lrkit's own "torch>=2.1" from pulling a CUDA build.
 # shellcheck disable=SC2086  # the spec may carry pip options on purpose
 .venv/bin/pip install --quiet --disable-pip-version-check $torch_spec 2> >(grep -v "^WARNING: Location" >&2)
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,weights,tensorboard,wandb]" 2> >(grep -v "^WARNING: Location" >&2)
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev,weights,tensorboard,wandb,onnx]" 2> >(grep -v "^WARNING: Location" >&2)
 
 if [ "${1:-}" = "--data" ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then

@@ -128,7 +128,8 @@ def test_train_with_a_rule_frozen_epochs_and_pretrained_body(fashion, tmp_path, 
             "--out", str(out)]  # fmt: skip
     record, _ = run_json(argv, capsys)
     assert [stage["stage"] for stage in record["stages"]] == ["frozen", "train"]
-    assert all(isinstance(stage["lr"], float) for stage in record["stages"])
+    assert isinstance(record["stages"][0]["lr"], float)  # the head: the rule's suggestion
+    assert record["stages"][1]["lr"].startswith("slice(")  # all groups: slice(hi / 100, hi)
     assert (out / "lr_find_frozen.png").exists() and (out / "lr_find_unfrozen.png").exists()
 
 

@@ -157,7 +157,20 @@ def fake_constructor(module: str, calls: list):
     return resnet18_like
 
 
-def test_torchvision_constructors_get_their_weights_enum_names():
+@pytest.fixture
+def online(monkeypatch):
+    """timm's and torchvision's weight servers "reachable": a listening socket on 127.0.0.1."""
+    from lrkit.models import foreign
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        for library in foreign.WEIGHT_HOSTS:
+            monkeypatch.setitem(foreign.WEIGHT_HOSTS, library, server.getsockname())
+        yield
+
+
+def test_torchvision_constructors_get_their_weights_enum_names(online):
     calls: list = []
     build = fake_constructor("torchvision.models.resnet", calls)
     learn = make(image_dls(channels=1), build, pretrained="imagenet")
@@ -168,13 +181,14 @@ def test_torchvision_constructors_get_their_weights_enum_names():
     assert calls[-1] == {"weights": None}
 
 
-def test_timm_constructors_and_names(monkeypatch):
+def test_timm_constructors_and_names(monkeypatch, online):
     calls: list = []
     learn = make(image_dls(), fake_constructor("timm.models.resnet", calls), pretrained=True)
     assert calls == [{"pretrained": True, "in_chans": 3}]
     assert learn.frozen_idx == 2
     fake_timm = types.ModuleType("timm")
     fake_timm.create_model = lambda name, **kwargs: calls.append((name, kwargs)) or resnet18()
+    fake_timm.list_models = lambda: ["resnet18d"]
     monkeypatch.setitem(sys.modules, "timm", fake_timm)
     make(image_dls(), "resnet18d", pretrained=False)
     assert calls[-1] == ("resnet18d", {"pretrained": False, "in_chans": 3})

@@ -29,7 +29,7 @@ from rich.table import Table
 
 import lrkit
 from lrkit import suggest
-from lrkit.callbacks import CSVLogger, ProgressCallback
+from lrkit.callbacks import ProgressCallback
 from lrkit.checkpoint import load_learner
 from lrkit.cli_args import (
     ArgumentError,
@@ -53,8 +53,9 @@ from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, run_demo
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
+from lrkit.range_test_result import finite_or_none, json_ready
 from lrkit.report import rich_table
+from lrkit.stages import LR_MULT, Stage
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
 
 EXIT_SOME_FAILED = 1  # lrkit predict: some files could not be read, the others were predicted
@@ -160,14 +161,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def resolved_arch(args: argparse.Namespace) -> str:
+    """--arch, or the default for the dataset."""
+    return args.arch or ("resnet_small" if args.dataset == "fashion-mnist" else "resnet34")
+
+
+def resolved_pretrained(args: argparse.Namespace) -> str | bool:
+    """--pretrained as vision_learner takes it (False for none), or the default for the arch."""
+    default = "none" if resolved_arch(args) == "resnet_small" else "imagenet"
+    pretrained: str | bool = args.pretrained or default
+    if pretrained == "none":
+        return False
+    if pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise UsageError(f"--pretrained {pretrained} is not a file (or use imagenet / none)")
+    return pretrained
+
+
 def make_learner(args: argparse.Namespace, dls: DataLoaders, console: Console) -> VisionLearner:
     """The learner the model options describe; body frozen when it is pretrained."""
-    arch = args.arch or ("resnet_small" if args.dataset == "fashion-mnist" else "resnet34")
-    pretrained: str | bool = args.pretrained or ("none" if arch == "resnet_small" else "imagenet")
-    if pretrained == "none":
-        pretrained = False
-    elif pretrained != "imagenet" and not Path(pretrained).is_file():
-        raise UsageError(f"--pretrained {pretrained} is not a file (or use imagenet / none)")
+    arch, pretrained = resolved_arch(args), resolved_pretrained(args)
     precision = {"fp32": None, "bf16": "bf16", "fp16": "fp16"}[args.precision]
     torch.manual_seed(args.seed)
     metrics = [accuracy_multi] if dls.multi_label else [error_rate]
@@ -208,6 +220,8 @@ def data_summary(options: DataOptions, dls: DataLoaders) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lrkit import cli_finetune  # it imports this module: import it once this one is loaded
+
     parser = Parser(
         prog="lrkit", description="Learning-rate range tests and fine-tuning for PyTorch."
     )
@@ -255,7 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-epochs", type=non_negative_int, default=0, help="head-only epochs first"
     )
     train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
+    train.add_argument(
+        "--lr-mult",
+        type=cli_finetune.lr_mult,
+        default=LR_MULT,
+        help="with a rule and --freeze-epochs: after unfreezing, slice(hi / LR_MULT, hi)",
+    )
     train.set_defaults(run=run_train)
+
+    fine_tune = command(
+        "fine-tune",
+        "fastai's fine_tune: range test, head epochs, unfreeze, range test, sliced lrs",
+        "With --lr a rule (auto, minimum, valley, ...): a range test on the frozen body, "
+        "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
+        "--epochs epochs at slice(hi / --lr-mult, hi). With --lr a number hi: the head at hi, "
+        "then slice(hi / --lr-mult, hi). Writes model.lrk, metrics.csv, losses.png, "
+        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png and fine_tune.json.",
+    )
+    add_data(fine_tune)
+    add_model(fine_tune)
+    add_range_test(fine_tune)
+    cli_finetune.add_arguments(fine_tune)
+    fine_tune.set_defaults(run=cli_finetune.run_fine_tune)
 
     compare = command(
         "compare",
@@ -415,78 +450,46 @@ def parse_lr(text: str) -> float | slice | str:
     return value
 
 
-def _resolve_lr(
-    spec: float | slice | str,
-    learn: VisionLearner,
-    args: argparse.Namespace,
-    stage: str,
-    console: Console,
-) -> tuple[float | slice, LRFindResult | None]:
-    """A rule name becomes the suggestion of a range test on the learner as it is now; what
-    the test warns about (a flat or noisy curve) is printed before training on it."""
-    if not isinstance(spec, str):
-        return spec, None
-    found = learn.lr_find(
-        start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it, progress=False
-    )
-    found.plot(args.out / f"lr_find_{stage}.png")
-    for note in found.warnings:
-        console.print(f"[yellow]warning:[/] range test before {stage}: {note}", highlight=False)
-    try:
-        return found.suggest(spec), found
-    except suggest.CurveTooShortError:
-        raise UsageError(
-            f"the range test's curve is too short for rule {spec!r}; raise --num-it"
-        ) from None
-
-
 def _describe(lr: float | slice) -> str | list[float]:
     return f"slice({lr.start:.2e}, {lr.stop:.2e})" if isinstance(lr, slice) else lr
 
 
 def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots."""
+    """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots.
+
+    With a rule and --freeze-epochs, the stages are fine-tune's: a range test before each, and
+    slice(hi / --lr-mult, hi) after unfreezing.
+    """
+    from lrkit.cli_finetune import range_test_name, train_in_stages  # it imports this module
+
     spec = parse_lr(args.lr)
+    if args.freeze_epochs:  # (stage name, epochs, freeze, lr_mult): the head, then every group
+        mult = args.lr_mult if isinstance(spec, str) else None
+        plan = [
+            Stage("frozen", args.freeze_epochs, spec, freeze=True),
+            Stage("train", args.epochs, spec, freeze=False, lr_mult=mult),
+        ]
+    else:
+        plan = [Stage("train", args.epochs, spec)]
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
     if isinstance(spec, str):  # a rule: one range-test plot per stage
-        names = ["frozen", "unfrozen"] if args.freeze_epochs else ["train"]
-        outputs += [f"lr_find_{name}.png" for name in names]
+        outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
     check_outputs(args.out, outputs)
     options, dls, learn = _setup(args, console)
-    stages: list[dict[str, Any]] = []
+    done, interrupted, stopped = train_in_stages(args, learn, plan, console)
+    stages = [
+        {
+            "stage": result.name,
+            "epochs": result.epochs,
+            "lr": _describe(result.lr),
+            "range_test_warnings": result.range_test.warnings if result.range_test else [],
+        }
+        for result in done
+    ]
 
-    def fit(stage: str, epochs: int, lr: float | slice, found: LRFindResult | None) -> None:
-        # one CSV for both stages: the second appends below the first, a stage column apart
-        logger = CSVLogger(args.out / "metrics.csv", append=bool(stages), stage=stage)
-        if args.schedule == "one-cycle":
-            learn.fit_one_cycle(epochs, lr, cbs=[logger])
-        else:
-            learn.fit(epochs, lr, cbs=[logger])
-        warned = found.warnings if found is not None else []
-        stages.append(
-            {"stage": stage, "epochs": epochs, "lr": _describe(lr), "range_test_warnings": warned}
-        )
-
-    # (stage, its range-test name, epochs); the frozen stage trains the head only
-    plan = [("frozen", "frozen", args.freeze_epochs)] if args.freeze_epochs else []
-    plan.append(("train", "unfrozen" if args.freeze_epochs else "train", args.epochs))
-    interrupted = None  # where Ctrl-C stopped the command
-    for stage, test_name, epochs in plan:
-        try:
-            if test_name == "frozen":
-                learn.freeze()
-            elif test_name == "unfrozen":
-                learn.unfreeze()
-            fit(stage, epochs, *_resolve_lr(spec, learn, args, test_name, console))
-        except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
-            interrupted = f"during the {test_name} stage"
-        if learn.interrupted:  # the fit ended cleanly at the first Ctrl-C
-            interrupted = f"in the {test_name} stage at epoch {learn.epoch}, batch {learn.iter}"
-        if interrupted:
-            break
-
-    learn.recorder.plot_losses(args.out / "losses.png")
-    learn.recorder.plot_schedule(args.out / "schedule.png")
+    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
+        learn.recorder.plot_losses(args.out / "losses.png")
+        learn.recorder.plot_schedule(args.out / "schedule.png")
     model_path = learn.export(args.out / "model.lrk")
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
@@ -495,6 +498,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
         },
         "interrupted": interrupted is not None,
+        "stopped": stopped,
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
         "model": str(model_path),
@@ -507,6 +511,8 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise Unfinished(
             f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
         )
+    if stopped:
+        raise Unfinished(f"{stopped}; wrote {written}", record, EXIT_USAGE)
     console.print(f"wrote {written}")
     return record
 

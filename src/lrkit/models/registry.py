@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from lrkit.models.foreign import library_builder, split_ref
 from lrkit.models.small import simple_cnn
 from lrkit.models.vision_model import ARCHS, vision_model
 
@@ -35,7 +36,6 @@ WEIGHT_KWARGS = frozenset(
     {"pretrained", "weights", "weights_backbone", "checkpoint_path", "pretrained_cfg",
      "pretrained_cfg_overlay", "pretrained_strict", "cache_dir"}
 )  # fmt: skip
-LIBRARIES = ("timm", "torchvision")
 
 
 def reference(builder: Callable[..., Any]) -> str:
@@ -64,19 +64,8 @@ def register_model(builder: B) -> B:
 
 def _library_builder(ref: str) -> Builder | None:
     """timm.create_model / torchvision.models.get_model for a name the library registers."""
-    library, _, name = ref.partition(":")
-    if library not in LIBRARIES or not name:
-        return None
-    try:  # a broken install (e.g. torchvision built for another torch) is "not installed"
-        module = importlib.import_module(library if library == "timm" else "torchvision.models")
-        names = set(module.list_models())
-    except Exception:
-        return None
-    if name not in names:
-        return None
-    if library == "timm":
-        return lambda **kwargs: module.create_model(name, pretrained=False, **kwargs)
-    return lambda **kwargs: module.get_model(name, weights=None, **kwargs)
+    parts = split_ref(ref)
+    return library_builder(*parts) if parts is not None else None
 
 
 def is_allowed(ref: str) -> bool:

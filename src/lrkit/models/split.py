@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lrkit.models.vision_model import VisionModel
+from lrkit.models.vision_model import FeaturesBody, VisionModel
 
 Groups = list[list[nn.Parameter]]
 
@@ -20,18 +20,22 @@ def _params(modules: list[nn.Module]) -> list[nn.Parameter]:
     return [p for module in modules for p in module.parameters()]
 
 
+def _body(model: nn.Module) -> nn.Module:
+    """The network whose children are the stages: the model, its body, or the wrapped network."""
+    body = model.body if isinstance(model, VisionModel) else model
+    return body.network if isinstance(body, FeaturesBody) else body
+
+
 def is_resnet_like(model: nn.Module) -> bool:
     """True when the model (or its body) has children named layer1 to layer4."""
-    body = model.body if isinstance(model, VisionModel) else model
+    body = _body(model)
     names = {name for name, _ in body.named_children()}
     return {"layer1", "layer2", "layer3", "layer4"} <= names
 
 
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     """(the network to split, [the head] for lrkit's VisionModel, else [])."""
-    if isinstance(model, VisionModel):
-        return model.body, [model.head]
-    return model, []
+    return _body(model), [model.head] if isinstance(model, VisionModel) else []
 
 
 def resnet_split(model: nn.Module) -> Groups:
@@ -57,7 +61,7 @@ POOL_AND_CLASSIFIER = ("global_pool", "dropout", "classifier")  # after conv_hea
 
 def is_efficientnet_like(model: nn.Module) -> bool:
     """True when the model (or its body) has children conv_stem, blocks (the stages), conv_head."""
-    body = model.body if isinstance(model, VisionModel) else model
+    body = _body(model)
     children = dict(body.named_children())
     blocks = children.get("blocks")
     return (

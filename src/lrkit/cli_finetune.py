@@ -1,0 +1,215 @@
+"""`lrkit fine-tune`, and the staged training it shares with `lrkit train --freeze-epochs`.
+
+fastai's fine_tune as one command: a range test on the frozen body when --lr is a rule, K
+epochs on the head (fit_one_cycle), unfreeze, a new range test, N epochs at slice(hi/lr_mult,
+hi). The stages themselves are the library's (`lrkit.stages`); this module adds what a command
+does around them: one metrics.csv for all stages, a plot per range test, the warnings on screen,
+Ctrl-C and an untrustworthy suggestion turned into a record of what was done.
+
+`lrkit.cli` imports this module inside its functions (this one imports `lrkit.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.console import Console
+
+from lrkit import cli
+from lrkit.callbacks import CSVLogger
+from lrkit.cli_args import UsageError, check_outputs, non_negative_int, positive_int
+from lrkit.image_learner import VisionLearner
+from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
+from lrkit.schedule import LrSpec
+from lrkit.stages import (
+    LR_MULT,
+    Stage,
+    StageResult,
+    UntrustedSuggestion,
+    fine_tune_plan,
+    run_stages,
+)
+from lrkit.suggest import CurveTooShortError
+
+
+def lr_mult(text: str) -> float:
+    """--lr-mult: a number >= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `lrkit fine-tune` beyond data, model and range test."""
+    parser.add_argument("--epochs", type=positive_int, default=1, help="epochs after unfreezing")
+    parser.add_argument(
+        "--freeze-epochs", type=non_negative_int, default=1, help="head-only epochs first"
+    )
+    parser.add_argument("--lr", default="auto", help="a rule name (auto, minimum, ...) or a number")
+    parser.add_argument(
+        "--lr-mult", type=lr_mult, default=LR_MULT, help="last group's rate / first group's"
+    )
+
+
+def train_in_stages(
+    args: argparse.Namespace, learn: VisionLearner, plan: list[Stage], console: Console
+) -> tuple[list[StageResult], str | None, str | None]:
+    """Run `plan`, writing metrics.csv (a stage column) and lr_find_<stage>.png per range test.
+
+    Returns (the stages done, where Ctrl-C stopped them or None, why they stopped before
+    training at a rule's rate or None). `args` gives out, schedule, start_lr, end_lr, num_it.
+    """
+    done: list[StageResult] = []
+
+    def fit(learn: VisionLearner, stage: Stage, lr: LrSpec) -> None:
+        # one CSV for all stages: each appends below the one before, a stage column apart
+        logger = CSVLogger(args.out / "metrics.csv", append=bool(done), stage=stage.name)
+        if getattr(args, "schedule", "one-cycle") == "one-cycle":
+            learn.fit_one_cycle(stage.epochs, lr, cbs=[logger])
+        else:
+            learn.fit(stage.epochs, lr, cbs=[logger])
+
+    def on_range_test(stage: Stage, found: LRFindResult) -> None:
+        found.plot(args.out / f"lr_find_{range_test_name(stage)}.png")
+        for note in found.warnings:
+            console.print(
+                f"[yellow]warning:[/] range test before the {stage.name} stage: {note}",
+                highlight=False,
+            )
+
+    interrupted = stopped = None
+    try:
+        for result in run_stages(
+            learn,
+            plan,
+            fit,
+            on_range_test,
+            start_lr=args.start_lr,
+            end_lr=args.end_lr,
+            num_it=args.num_it,
+            progress=False,
+        ):
+            done.append(result)
+            console.print(f"{result.name} stage: {result.epochs} epochs at {describe(result.lr)}")
+    except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
+        interrupted = f"during the {plan[len(done)].name} stage"
+    except UntrustedSuggestion as error:
+        stopped = f"stopped before the {plan[len(done)].name} stage: {error}"
+    except CurveTooShortError:
+        stopped = (
+            f"stopped before the {plan[len(done)].name} stage: the range test's curve is too "
+            f"short for rule {plan[len(done)].lr!r}; raise --num-it, or pass a number as --lr"
+        )
+    if learn.interrupted and done:  # the fit ended cleanly at the first Ctrl-C
+        interrupted = f"in the {done[-1].name} stage at epoch {learn.epoch}, batch {learn.iter}"
+    return done, interrupted, stopped
+
+
+def range_test_name(stage: Stage) -> str:
+    """The range test's plot name: lr_find_frozen / lr_find_unfrozen / lr_find_train."""
+    return "unfrozen" if stage.freeze is False else stage.name
+
+
+def describe(lr: LrSpec) -> str | float:
+    """A learning rate for people: 3e-3, or slice(1.00e-05, 1.00e-03)."""
+    if isinstance(lr, slice):
+        return f"slice({lr.start:.2e}, {lr.stop:.2e})"
+    return lr if isinstance(lr, float) else str(lr)
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """`lrkit fine-tune`'s fully resolved settings, saved in fine_tune.json."""
+
+    epochs: int
+    freeze_epochs: int
+    lr: float | str  # a number, or the rule whose suggestion each stage trains at
+    lr_mult: float
+    num_it: int  # range test: optimizer steps, and its lr range (start_lr, end_lr)
+    start_lr: float
+    end_lr: float
+    arch: str
+    pretrained: str
+    precision: str
+    seed: int
+    device: str
+
+
+def parse_lr(text: str) -> float | str:
+    """--lr for fine-tune: a rule name or one positive number (the head's rate, hi)."""
+    spec = cli.parse_lr(text)
+    if isinstance(spec, slice):
+        raise UsageError(
+            f"--lr {text}: fine-tune spreads the rate itself as slice(hi / --lr-mult, hi); give "
+            "one number (hi) or a rule name"
+        )
+    return spec
+
+
+def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit fine-tune`: range test, head epochs, unfreeze, range test, slice(hi/m, hi)."""
+    lr = parse_lr(args.lr)
+    plan = fine_tune_stages(args.epochs, lr, args.freeze_epochs, args.lr_mult)
+    outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "fine_tune.json"]
+    if isinstance(lr, str):
+        outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
+    check_outputs(args.out, outputs)
+    options, dls, learn = cli._setup(args, console)
+    config = FineTuneConfig(
+        epochs=args.epochs,
+        freeze_epochs=args.freeze_epochs,
+        lr=lr,
+        lr_mult=args.lr_mult,
+        num_it=args.num_it,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        arch=cli.resolved_arch(args),
+        pretrained=str(cli.resolved_pretrained(args)),
+        precision=args.precision,
+        seed=args.seed,
+        device=str(learn.device),
+    )
+    done, interrupted, stopped = train_in_stages(args, learn, plan, console)
+
+    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
+        learn.recorder.plot_losses(args.out / "losses.png")
+        learn.recorder.plot_schedule(args.out / "schedule.png")
+    model_path = learn.export(args.out / "model.lrk")
+    final = learn.recorder.log[-1] if learn.recorder.log else {}
+    record = {
+        "config": asdict(config),
+        "stages": [result.to_dict() for result in done],
+        "final": {k: finite_or_none(v) if isinstance(v, float) else v for k, v in final.items()},
+        "interrupted": interrupted is not None,
+        "stopped": stopped,
+        "diverged": learn.diverged,
+        "stop_reason": learn.stop_reason,
+        "model": str(model_path),
+        "data": cli.data_summary(options, dls),
+        "versions": cli.versions(),
+    }
+    (args.out / "fine_tune.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
+    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, fine_tune.json"
+    if interrupted:
+        raise cli.Unfinished(
+            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, cli.EXIT_INTERRUPTED
+        )
+    if stopped:
+        raise cli.Unfinished(f"{stopped}; wrote {written}", record, cli.EXIT_USAGE)
+    console.print(f"wrote {written}")
+    return record
+
+
+def fine_tune_stages(epochs: int, lr: float | str, freeze_epochs: int, mult: float) -> list[Stage]:
+    """The library's fine_tune plan (errors in one line, exit 2)."""
+    try:
+        return fine_tune_plan(epochs, lr, freeze_epochs, mult)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
