@@ -118,9 +118,7 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def build(
-    library: str, name: str, kind: str | None, in_chans: int = 3
-) -> nn.Module:
+def build(library: str, name: str, kind: str | None, in_chans: int = 3) -> nn.Module:
     """`library`'s model `name`, with its `kind` ImageNet weights when `kind` is not None.
 
     timm models are built for `in_chans` input channels; torchvision's for 3 (adapt them with
