@@ -269,3 +269,85 @@ def test_the_cli_takes_its_own_model_file_as_pretrained(tmp_path, capsys):
     model = tmp_path / "first" / "model.lrk"
     assert main(["train", *common, "--arch", "resnet_small", "--pretrained", str(model),
                  "--out", str(tmp_path / "second")]) == 0, capsys.readouterr().err  # fmt: skip
+
+
+def trained_state(tmp_path, opt=None) -> dict:
+    """The payload `Learner.save` writes after one epoch (with `opt`, or the default SGD)."""
+    source = make_learner() if opt is None else make_learner(opt=opt)
+    source.fit(1, 1e-2)
+    return torch.load(source.save(tmp_path / "source.pth"), weights_only=True)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+def test_a_tensor_without_dense_data_changes_nothing(tmp_path, kind):
+    state = trained_state(tmp_path)
+    last = list(state["model"])[-1]  # copied last, after every other key
+    value = state["model"][last]
+    state["model"][last] = (
+        value.to_sparse() if kind == "sparse" else torch.empty(value.shape, device="meta")
+    )
+    torch.save(state, tmp_path / "odd.pth")
+    learn = make_learner()
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=rf"{last} is a {kind}.*nothing was loaded") as err:
+        learn.load(tmp_path / "odd.pth")
+    assert "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+
+
+@pytest.mark.parametrize(
+    ("saved_with", "loaded_into"),
+    [(torch.optim.Adam, "sgd"), ("sgd", torch.optim.Adam)],
+)
+def test_another_optimizers_state_is_refused_and_changes_nothing(tmp_path, saved_with, loaded_into):
+    from functools import partial
+
+    sgd = partial(torch.optim.SGD, momentum=0.9)
+    state = trained_state(tmp_path, opt=sgd if saved_with == "sgd" else saved_with)
+    torch.save(state, tmp_path / "other_opt.pth")
+    learn = make_learner(opt=sgd if loaded_into == "sgd" else loaded_into)
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=r"another kind of optimizer.*with_opt=False") as err:
+        learn.load(tmp_path / "other_opt.pth")
+    assert "other_opt.pth" in str(err.value) and "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+    learn.load(tmp_path / "other_opt.pth", with_opt=False)
+    learn.fit(1, 1e-3)  # the learner still trains
+
+
+def damage_state(opt: dict, how: str) -> None:
+    first = next(iter(opt["state"]))
+    if how == "state_list":
+        opt["state"] = [1, 2]
+    elif how == "group_not_dict":
+        opt["param_groups"] = ["lr"]
+    elif how == "lr_string":
+        opt["param_groups"][0]["lr"] = "abc"
+    elif how == "duplicate_ids":
+        opt["param_groups"][0]["params"] = [0] * len(opt["param_groups"][0]["params"])
+    elif how == "complex_state":
+        opt["state"][first]["exp_avg"] = opt["state"][first]["exp_avg"].to(torch.complex64)
+    elif how == "sparse_state":
+        opt["state"][first]["exp_avg"] = opt["state"][first]["exp_avg"].to_sparse()
+    elif how == "extra_state":
+        opt["state"][first]["zzz"] = torch.zeros(())
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["state_list", "group_not_dict", "lr_string", "duplicate_ids", "complex_state",
+     "sparse_state", "extra_state"],
+)  # fmt: skip
+def test_a_malformed_optimizer_state_is_one_line_and_changes_nothing(tmp_path, how):
+    state = trained_state(tmp_path, opt=torch.optim.Adam)
+    damage_state(state["opt"], how)
+    torch.save(state, tmp_path / "bad_opt.pth")
+    learn = make_learner(opt=torch.optim.Adam)
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=r"optimizer state in .*bad_opt\.pth") as err:
+        learn.load(tmp_path / "bad_opt.pth")
+    assert "\n" not in str(err.value)
+    assert_unchanged(learn, before)

@@ -69,14 +69,33 @@ def save_state(model: nn.Module, opt: torch.optim.Optimizer | None, path: str | 
     return _atomic_save(state, path)
 
 
+def tensor_kind_problem(value: torch.Tensor) -> str | None:
+    """Why `value` cannot be copied into a parameter, or None for a plain dense tensor with data.
+
+    Sparse, quantized, nested and meta (data-less) tensors pass a shape and dtype check, then
+    fail inside `load_state_dict` after other keys were copied, so they are refused up front.
+    """
+    if value.layout is not torch.strided:
+        return f"a {str(value.layout).removeprefix('torch.')} tensor, not a dense one"
+    if value.is_meta:
+        return "a meta tensor without data"
+    if value.is_quantized:
+        return "a quantized tensor"
+    if value.is_nested:
+        return "a nested tensor"
+    return None
+
+
 def check_state_dict(
     model: nn.Module, state: dict[str, Any], source: str | Path, strict: bool = True
 ) -> None:
-    """Raise ValueError unless `state` loads into `model` whole: keys, shapes and dtypes.
+    """Raise ValueError unless `state` loads into `model` whole: keys, kinds, shapes and dtypes.
 
     Run before anything is copied, so a refused load changes nothing. Floating-point tensors
-    may differ in precision (they are cast, as torch does); any other dtype must match.
+    may differ in precision (they are cast, as torch does); any other dtype must match; every
+    value must be a dense tensor with data (`tensor_kind_problem`).
     `strict=False` allows missing and unexpected keys, not wrong shapes or dtypes.
+    Reads only the model's shapes and dtypes, so `model` may live on the meta device.
     """
     want = model.state_dict()
     problems = []
@@ -89,6 +108,8 @@ def check_state_dict(
         mine = want[key]
         if not isinstance(value, torch.Tensor):
             problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif (kind := tensor_kind_problem(value)) is not None:
+            problems.append(f"{key} is {kind}")
         elif value.shape != mine.shape:
             problems.append(f"{key}: {tuple(value.shape)} in the file, {tuple(mine.shape)} here")
         elif value.dtype != mine.dtype and not (
@@ -103,37 +124,90 @@ def check_state_dict(
         )
 
 
-def check_optimizer_state(opt: torch.optim.Optimizer, opt_state: Any, source: str | Path) -> None:
-    """Raise ValueError unless `opt_state` loads into `opt` whole; changes nothing.
+def _value_kind(value: Any) -> str | None:
+    """A hyper-parameter's kind for comparing two optimizers' groups; None: anything goes."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+        return "number"
+    if isinstance(value, (tuple, list)):
+        return "sequence"
+    return type(value).__name__
 
-    Checked: the number of param groups, the parameters per group, and that each per-parameter
-    state tensor is a scalar or has its parameter's shape (torch checks only the first two).
+
+def check_optimizer_state(opt: torch.optim.Optimizer, opt_state: Any, source: str | Path) -> None:
+    """Raise ValueError (one line, naming `source`) unless `opt_state` loads into `opt` whole.
+
+    Checked, changing nothing: the structure (dicts and lists where torch expects them); the
+    number of param groups and the parameters per group (all torch checks); that each saved
+    group has every hyper-parameter of this optimizer, of the same kind (another optimizer
+    type is refused, not loaded to fail at the next step); that per-parameter state names match
+    the state this optimizer already holds for that parameter; and that each per-parameter state
+    tensor is dense, real when its parameter is, and a scalar or of its parameter's shape.
     """
+    retry = "load with with_opt=False to take the weights only"
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"the optimizer state in {source} is damaged ({what}); {retry}")
+
     if not isinstance(opt_state, dict) or not isinstance(opt_state.get("param_groups"), list):
-        raise ValueError(f"the optimizer state in {source} is damaged (no param_groups)")
+        raise damaged("no param_groups")
+    saved_state = opt_state.get("state")
+    if not isinstance(saved_state, dict):
+        raise damaged(f"its state is a {type(saved_state).__name__}, not a dict")
     groups, saved = opt.param_groups, opt_state["param_groups"]
     if len(groups) != len(saved):
         raise ValueError(
             f"the optimizer state in {source} has {len(saved)} param groups, this optimizer "
-            f"{len(groups)}; load with with_opt=False to take the weights only"
+            f"{len(groups)}; {retry}"
         )
     params: dict[Any, torch.Tensor] = {}
     for i, (group, old) in enumerate(zip(groups, saved, strict=True)):
-        n_old = len(old.get("params", ())) if isinstance(old, dict) else -1
-        if n_old != len(group["params"]):
+        if not isinstance(old, dict) or not isinstance(old.get("params"), list):
+            raise damaged(f"group {i} is not a dict with a params list")
+        if len(old["params"]) != len(group["params"]):
             raise ValueError(
-                f"the optimizer state in {source}: group {i} has {n_old} parameters, this "
-                f"optimizer's {len(group['params'])}; load with with_opt=False"
+                f"the optimizer state in {source}: group {i} has {len(old['params'])} "
+                f"parameters, this optimizer's {len(group['params'])}; {retry}"
             )
-        params.update(zip(old["params"], group["params"], strict=True))
-    for key, per_param in (opt_state.get("state") or {}).items():
-        param = params.get(key)
+        missing = sorted(k for k in opt.defaults if k != "params" and k not in old)
+        if missing:
+            raise ValueError(
+                f"the optimizer state in {source} was written by another kind of optimizer "
+                f"(group {i} lacks {', '.join(missing)} of this {type(opt).__name__}); {retry}"
+            )
+        for name in opt.defaults:
+            mine, theirs = _value_kind(group.get(name)), _value_kind(old[name])
+            if mine is not None and theirs is not None and mine != theirs:
+                raise damaged(f"group {i}: {name} is {old[name]!r}, should be a {mine}")
+        for key, param in zip(old["params"], group["params"], strict=True):
+            if isinstance(key, bool) or not isinstance(key, int) or key in params:
+                raise damaged(f"group {i}: parameter id {key!r} is not a new integer")
+            params[key] = param
+    for key, per_param in saved_state.items():
+        param = params.get(key) if isinstance(key, int) else None
         if param is None or not isinstance(per_param, dict):
             raise ValueError(
                 f"the optimizer state in {source} holds state for an unknown parameter {key!r}"
             )
+        held = opt.state.get(param)
+        if held and set(held) != set(per_param):
+            raise ValueError(
+                f"the optimizer state in {source} was written by another kind of optimizer "
+                f"(parameter {key} has state {sorted(per_param)}, this {type(opt).__name__} "
+                f"keeps {sorted(held)}); {retry}"
+            )
         for name, value in per_param.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+            if not isinstance(value, torch.Tensor):
+                continue
+            problem = tensor_kind_problem(value)
+            if problem is None and value.is_complex() and not param.is_complex():
+                problem = "complex, the parameter real"
+            if problem is not None:
+                raise damaged(f"{name} of parameter {key} is {problem}")
+            if value.ndim > 0 and value.shape != param.shape:
                 raise ValueError(
                     f"the optimizer state in {source}: {name} of parameter {key} has shape "
                     f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
