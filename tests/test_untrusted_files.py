@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 import lrkit
+import lrkit.checkpoint
 from learner_fixtures import TinyNet, make_learner
 from lrkit import DataLoaders, Learner, load_learner, register_model, vision_learner
 from lrkit.cli import main
@@ -351,3 +352,57 @@ def test_a_malformed_optimizer_state_is_one_line_and_changes_nothing(tmp_path, h
         learn.load(tmp_path / "bad_opt.pth")
     assert "\n" not in str(err.value)
     assert_unchanged(learn, before)
+
+
+# ------------------------------------------------------- small file, big model: refused unbuilt
+
+REAL_BUILDS: list[dict] = []  # the keyword arguments of each build that allocated memory
+
+
+class Scratch(nn.Module):
+    """A linear layer plus a non-persistent buffer (in no state_dict, so in no file)."""
+
+    def __init__(self, scratch: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("scratch", torch.arange(float(scratch)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@register_model
+def counted_model(width: int = 4, scratch: int = 8) -> nn.Module:
+    """simple_cnn (or Scratch for width=0), recording every build off the meta device."""
+    if torch.empty(0).device.type != "meta":
+        REAL_BUILDS.append({"width": width, "scratch": scratch})
+    if width == 0:
+        return Scratch(scratch)
+    return lrkit.models.simple_cnn(num_classes=3, in_channels=1, width=width)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "huge", "message"),
+    [({"width": 4}, {"width": 1500}, "do not fit"),  # ~1 GB of weights the file does not hold
+     ({"width": 0, "scratch": 8}, {"width": 0, "scratch": 10**8}, "MiB more than")],  # 400 MB
+)  # fmt: skip
+def test_a_small_export_asking_for_a_huge_model_is_refused_before_building_it(
+    tmp_path, kwargs, huge, message
+):
+    good = tmp_path / "good.lrk"
+    lrkit.checkpoint.export(counted_model(**kwargs), good, factory=counted_model, kwargs=kwargs)
+    path = tampered(good, tmp_path / "huge.lrk", kwargs=huge)
+    REAL_BUILDS.clear()
+    with pytest.raises(ValueError, match=message) as err:
+        load_learner(path)
+    assert "huge.lrk" in str(err.value) and "\n" not in str(err.value)
+    assert REAL_BUILDS == []  # refused from shapes alone: nothing was allocated for it
+
+
+def test_buffers_outside_the_file_are_built_as_the_builder_makes_them(tmp_path):
+    kwargs = {"width": 0, "scratch": 5}
+    path = lrkit.checkpoint.export(
+        counted_model(**kwargs), tmp_path / "scratch.lrk", factory=counted_model, kwargs=kwargs
+    )
+    model = load_learner(path).model
+    assert torch.equal(model.scratch, torch.arange(5.0))

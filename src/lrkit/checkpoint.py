@@ -30,6 +30,8 @@ from lrkit.predictor import Predictor
 STATE_FORMAT = "lrkit-state"
 EXPORT_FORMAT = "lrkit-export"
 VERSION = 1
+# bytes a rebuilt model may hold beyond the weights in its export (non-persistent buffers)
+MAX_EXTRA_BYTES = 256 * 2**20
 
 
 def _atomic_save(obj: Any, path: str | Path) -> Path:
@@ -52,9 +54,8 @@ def _read(path: str | Path, device: torch.device | str) -> Any:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(
-            f"{path} is not a readable lrkit/torch weights file ({first_line})"
+            f"{path} is not a readable lrkit/torch weights file ({first_line(err)})"
         ) from err
 
 
@@ -405,10 +406,54 @@ def _check_export(payload: Any, path: Path) -> None:
         )
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's C++ errors append a stack dump)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _build(builder: Callable[..., Any], ref: str, kwargs: dict[str, Any], path: Path, meta: bool):
+    """`builder(**kwargs)`, on the meta device when `meta` (shapes only, no memory)."""
+    try:
+        if meta:
+            with torch.device("meta"):
+                model = builder(**kwargs)
+        else:
+            model = builder(**kwargs)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: {ref}(**{kwargs!r}) fails to build the model "
+            f"({type(err).__name__}: {first_line(err)})"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path}: {ref} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _check_allocation(skeleton: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a model whose tensors outweigh the file's by more than MAX_EXTRA_BYTES.
+
+    The keys and shapes already match, so the surplus is buffers outside the state_dict
+    (non-persistent ones), whose size the file's keyword arguments could otherwise choose.
+    """
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    have = sum(t.numel() * t.element_size() for t in state.values())
+    if need - have > MAX_EXTRA_BYTES:
+        raise ValueError(
+            f"{path}: the model would need {need / 2**20:.0f} MiB, {(need - have) / 2**20:.0f} "
+            "MiB more than the weights the file holds; refused"
+        )
+
+
 def _rebuild(
     payload: dict[str, Any], path: Path, device: torch.device | str, trust: bool
 ) -> nn.Module:
-    """The exported model, built by an allow-listed builder (or unpickled when trusted)."""
+    """The exported model, built by an allow-listed builder (or unpickled when trusted).
+
+    The builder runs first on the meta device, and the file's weights are checked against
+    that shapes-only model, so an export whose keyword arguments ask for a huge model is
+    refused before any memory is allocated for it.
+    """
     if "model_pickle" in payload:
         if not trust:
             raise ValueError(
@@ -422,15 +467,11 @@ def _rebuild(
         builder = registry.resolve_builder(ref, kwargs, trust=trust)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    try:
-        model = builder(**kwargs)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: {ref}(**{kwargs!r}) fails to build the model ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path}: {ref} built a {type(model).__name__}, not an nn.Module")
-    check_state_dict(model, payload["state_dict"], path)
+    skeleton = _build(builder, ref, kwargs, path, meta=True)
+    check_state_dict(skeleton, payload["state_dict"], path)
+    _check_allocation(skeleton, payload["state_dict"], path)
+    model = _build(builder, ref, kwargs, path, meta=False)  # non-persistent buffers initialised
+    check_state_dict(model, payload["state_dict"], path)  # the same builder: cheap, and sure
     model.load_state_dict(payload["state_dict"])
     return model
 
