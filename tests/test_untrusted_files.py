@@ -383,7 +383,7 @@ def counted_model(width: int = 4, scratch: int = 8) -> nn.Module:
 
 @pytest.mark.parametrize(
     ("kwargs", "huge", "message"),
-    [({"width": 4}, {"width": 1500}, "do not fit"),  # ~1 GB of weights the file does not hold
+    [({"width": 4}, {"width": 1500}, "MiB more than"),  # ~1 GB of weights the file lacks
      ({"width": 0, "scratch": 8}, {"width": 0, "scratch": 10**8}, "MiB more than")],  # 400 MB
 )  # fmt: skip
 def test_a_small_export_asking_for_a_huge_model_is_refused_before_building_it(
@@ -406,3 +406,59 @@ def test_buffers_outside_the_file_are_built_as_the_builder_makes_them(tmp_path):
     )
     model = load_learner(path).model
     assert torch.equal(model.scratch, torch.arange(5.0))
+
+
+# ------------------------------------------- preprocessing, vocabulary, threshold: checked on load
+
+SQUARE = {"size": 16, "mean": [0.5], "std": [0.25]}  # fits the export_file model (1 channel)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"preprocess": {"size": -5}}, "size should be a whole number"),
+        ({"preprocess": {"size": "big"}}, "size should be a whole number"),
+        ({"preprocess": {"size": 16.5}}, "size should be a whole number"),
+        ({"preprocess": {"size": 10**9}}, "size should be a whole number"),
+        ({"preprocess": {"presize": -1, "size": 16}}, "presize should be"),
+        ({"preprocess": {"size": 16, "channels": 7}}, "channels should be 1 or 3"),
+        ({"preprocess": {"size": 16, "channels": 3}}, "cannot take a 3-channel 16x16 image"),
+        ({"preprocess": {**SQUARE, "mean": [0.5, 0.5]}}, "mean has 2 values"),
+        ({"preprocess": {**SQUARE, "std": [0.25] * 3}}, "std has 3 values for 1-channel"),
+        ({"preprocess": {**SQUARE, "std": [0.0]}}, "std should hold finite numbers above 0"),
+        ({"preprocess": {**SQUARE, "mean": [float("nan")]}}, "mean should hold finite"),
+        ({"preprocess": {**SQUARE, "mean": "abc"}}, "mean should be a list of numbers"),
+        ({"preprocess": {**SQUARE, "crop": True}}, "unknown preprocess keys"),
+        ({"preprocess": SQUARE, "vocab": []}, "vocabulary is empty"),
+        ({"preprocess": SQUARE, "vocab": [1, 2, 3]}, r"class names \(str\)"),
+        ({"preprocess": SQUARE, "vocab": ["a", "a", "b"]}, "names a class twice"),
+        ({"preprocess": SQUARE, "vocab": ["a"]}, "gives 3 scores per image for 1 classes"),
+        ({"preprocess": SQUARE, "thresh": float("nan")}, "'thresh' should be a number between"),
+        ({"preprocess": SQUARE, "thresh": 1.5}, "'thresh' should be a number between"),
+        ({"kwargs": {"arch": "resnet_small", "n_out": 10**40, "in_chans": 1}}, "fails to build"),
+    ],
+)
+def test_a_malformed_export_never_reaches_predict(export_file, tmp_path, changes, message, capsys):
+    path = tampered(export_file, tmp_path / "bad.lrk", **{"vocab": ["a", "b", "c"], **changes})
+    with pytest.raises(ValueError, match=message) as err:
+        load_learner(path)
+    assert "bad.lrk" in str(err.value) and "\n" not in str(err.value)
+    assert main(["predict", str(path), str(image(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.lrk" in err and "Traceback" not in err
+
+
+def test_the_sound_preprocessing_still_predicts(export_file, tmp_path):
+    path = tampered(export_file, tmp_path / "ok.lrk", vocab=["a", "b", "c"], preprocess=SQUARE)
+    label, index, probs = load_learner(path).predict(image(tmp_path))
+    assert label == ["a", "b", "c"][index] and probs.shape == (3,)
+
+
+def test_a_vocabulary_of_another_length_is_refused_when_predicting(export_file, tmp_path):
+    path = tampered(export_file, tmp_path / "short.lrk", vocab=["a", "b"], preprocess=None)
+    predictor = load_learner(path)  # no image size stored: the output is known only when run
+    with pytest.raises(ValueError, match=r"gives \(3,\) scores for 2 classes"):
+        predictor.predict(torch.zeros(1, 28, 28))
+    with pytest.raises(ValueError, match=r"cannot take an input of shape \(5,\)") as err:
+        predictor.predict(torch.zeros(5))
+    assert "\n" not in str(err.value)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrkit.export_fields import output_problem, preprocess_problem, thresh_problem, vocab_problem
 from lrkit.models import registry
 from lrkit.predictor import Predictor
 
@@ -378,7 +379,10 @@ BUILD_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 
 
 def _check_export(payload: Any, path: Path) -> None:
-    """Refuse, in one line, an export with missing keys or values of the wrong type."""
+    """Refuse, in one line, an export with missing keys or values of the wrong type or range.
+
+    The preprocessing, vocabulary and threshold are checked by `lrkit.export_fields`.
+    """
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path} is not an lrkit export (write one with Learner.export)")
     fields = dict(EXPORT_FIELDS)
@@ -395,9 +399,13 @@ def _check_export(payload: Any, path: Path) -> None:
                 f"{path} is a damaged lrkit export: {key!r} should be {what}, got "
                 f"{type(value).__name__}; export again"
             )
-    thresh = payload.get("thresh", OPTIONAL_FIELDS["thresh"])
-    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)):
-        raise ValueError(f"{path} is a damaged lrkit export: 'thresh' should be a number")
+    problem = (
+        thresh_problem(payload.get("thresh", OPTIONAL_FIELDS["thresh"]))
+        or preprocess_problem(payload["preprocess"])
+        or vocab_problem(payload["vocab"])
+    )
+    if problem is not None:
+        raise ValueError(f"{path} is a damaged lrkit export: {problem}; export again")
     state = payload.get("state_dict", {})
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -411,14 +419,10 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _build(builder: Callable[..., Any], ref: str, kwargs: dict[str, Any], path: Path, meta: bool):
-    """`builder(**kwargs)`, on the meta device when `meta` (shapes only, no memory)."""
+def _build(builder: Callable[..., Any], ref: str, kwargs: dict[str, Any], path: Path) -> nn.Module:
+    """`builder(**kwargs)`, checked to be an nn.Module; any failure is one ValueError line."""
     try:
-        if meta:
-            with torch.device("meta"):
-                model = builder(**kwargs)
-        else:
-            model = builder(**kwargs)
+        model = builder(**kwargs)
     except Exception as err:
         raise ValueError(
             f"{path}: {ref}(**{kwargs!r}) fails to build the model "
@@ -429,19 +433,34 @@ def _build(builder: Callable[..., Any], ref: str, kwargs: dict[str, Any], path: 
     return model
 
 
-def _check_allocation(skeleton: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Refuse a model whose tensors outweigh the file's by more than MAX_EXTRA_BYTES.
+def _skeleton(builder: Callable[..., Any], kwargs: dict[str, Any]) -> nn.Module | None:
+    """`builder(**kwargs)` on the meta device (shapes only, no memory); None if it cannot be.
 
-    The keys and shapes already match, so the surplus is buffers outside the state_dict
-    (non-persistent ones), whose size the file's keyword arguments could otherwise choose.
+    A builder may decide its structure from computed values (lrkit's `create_body` compares
+    features on a probe image), so the skeleton's keys may differ from the real model's: it is
+    used for sizes and output shapes, never for key names.
+    """
+    try:
+        with torch.device("meta"):
+            model = builder(**kwargs)
+    except Exception:  # the real build reports it, or the builder needs real data
+        return None
+    return model if isinstance(model, nn.Module) else None
+
+
+def _check_allocation(skeleton: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a model whose tensors outweigh the file's weights by more than MAX_EXTRA_BYTES.
+
+    The file's keyword arguments choose the model's size; its weights must match that model,
+    so a model far larger than they are cannot load anyway, and is refused before it is built.
     """
     tensors = [*skeleton.parameters(), *skeleton.buffers()]
     need = sum(t.numel() * t.element_size() for t in tensors)
     have = sum(t.numel() * t.element_size() for t in state.values())
     if need - have > MAX_EXTRA_BYTES:
         raise ValueError(
-            f"{path}: the model would need {need / 2**20:.0f} MiB, {(need - have) / 2**20:.0f} "
-            "MiB more than the weights the file holds; refused"
+            f"{path}: its model would need {need / 2**20:.0f} MiB, {(need - have) / 2**20:.0f} "
+            "MiB more than the weights the file holds; refused before building it"
         )
 
 
@@ -450,9 +469,10 @@ def _rebuild(
 ) -> nn.Module:
     """The exported model, built by an allow-listed builder (or unpickled when trusted).
 
-    The builder runs first on the meta device, and the file's weights are checked against
-    that shapes-only model, so an export whose keyword arguments ask for a huge model is
-    refused before any memory is allocated for it.
+    The builder runs first on the meta device: an export whose keyword arguments ask for a model
+    far larger than its weights, or one whose outputs do not fit its images and vocabulary, is
+    refused before memory is allocated for it. (A builder that cannot run on the meta device is
+    only checked after it is built.)
     """
     if "model_pickle" in payload:
         if not trust:
@@ -462,17 +482,23 @@ def _rebuild(
             )
         raw = payload["model_pickle"].cpu().numpy().tobytes()
         return torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
-    ref, kwargs = payload["factory"], payload["kwargs"]
+    ref, kwargs, state = payload["factory"], payload["kwargs"], payload["state_dict"]
     try:
         builder = registry.resolve_builder(ref, kwargs, trust=trust)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    skeleton = _build(builder, ref, kwargs, path, meta=True)
-    check_state_dict(skeleton, payload["state_dict"], path)
-    _check_allocation(skeleton, payload["state_dict"], path)
-    model = _build(builder, ref, kwargs, path, meta=False)  # non-persistent buffers initialised
-    check_state_dict(model, payload["state_dict"], path)  # the same builder: cheap, and sure
-    model.load_state_dict(payload["state_dict"])
+    bad = next((k for k, v in state.items() if tensor_kind_problem(v) is not None), None)
+    if bad is not None:  # sizes below count dense data only
+        raise ValueError(f"{path}: state_dict entry {bad} is {tensor_kind_problem(state[bad])}")
+    skeleton = _skeleton(builder, kwargs)
+    if skeleton is not None:
+        _check_allocation(skeleton, state, path)
+        problem = output_problem(skeleton, payload["preprocess"], payload["vocab"])
+        if problem is not None:
+            raise ValueError(f"{path} does not fit together: {problem}; export again")
+    model = _build(builder, ref, kwargs, path)
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
     return model
 
 
