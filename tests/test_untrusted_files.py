@@ -462,3 +462,29 @@ def test_a_vocabulary_of_another_length_is_refused_when_predicting(export_file, 
     with pytest.raises(ValueError, match=r"cannot take an input of shape \(5,\)") as err:
         predictor.predict(torch.zeros(5))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused(export_file, tmp_path, bad, capsys):
+    state = torch.load(export_file, weights_only=True)["state_dict"]
+    key = "head.4.weight" if "head.4.weight" in state else list(state)[-2]
+    state = {**state, key: state[key].clone().index_fill_(0, torch.tensor([0]), bad)}
+    path = tampered(export_file, tmp_path / "nan.lrk", state_dict=state)
+    with pytest.raises(ValueError, match=rf"nan\.lrk: its weights hold NaN or infinity .*{key}"):
+        load_learner(path)
+    assert main(["predict", str(path), str(image(tmp_path))]) == 2  # not exit 0 with "(nan)"
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_warnings(tmp_path, capsys):
+    import pickle
+    import warnings
+
+    path = tmp_path / "plain.lrk"
+    path.write_bytes(pickle.dumps({"format": "lrkit-export"}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a warning would print lines before the error's one
+        assert main(["predict", str(path), str(image(tmp_path))]) == 2
+    assert [str(w.message) for w in caught] == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain.lrk is not a readable" in err

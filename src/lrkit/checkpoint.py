@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrkit.export_fields import output_problem, preprocess_problem, thresh_problem, vocab_problem
+from lrkit.export_fields import (
+    first_nonfinite,
+    output_problem,
+    preprocess_problem,
+    thresh_problem,
+    vocab_problem,
+)
 from lrkit.models import registry
 from lrkit.predictor import Predictor
 
@@ -53,7 +59,9 @@ def _read(path: str | Path, device: torch.device | str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise ValueError(
             f"{path} is not a readable lrkit/torch weights file ({first_line(err)})"
@@ -490,6 +498,9 @@ def _rebuild(
     bad = next((k for k, v in state.items() if tensor_kind_problem(v) is not None), None)
     if bad is not None:  # sizes below count dense data only
         raise ValueError(f"{path}: state_dict entry {bad} is {tensor_kind_problem(state[bad])}")
+    nonfinite = first_nonfinite(state)
+    if nonfinite is not None:  # it would predict NaN for every input
+        raise ValueError(f"{path}: its weights hold NaN or infinity (first in {nonfinite})")
     skeleton = _skeleton(builder, kwargs)
     if skeleton is not None:
         _check_allocation(skeleton, state, path)
