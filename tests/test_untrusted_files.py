@@ -488,3 +488,14 @@ def test_a_plain_pickle_is_refused_in_one_line_without_warnings(tmp_path, capsys
     assert [str(w.message) for w in caught] == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "plain.lrk is not a readable" in err
+
+
+def test_pretrained_weights_without_dense_data_are_one_clear_error(tmp_path):
+    source = vision_learner(image_dls(), "resnet_small", pretrained=False, progress=False)
+    state = torch.load(source.save(tmp_path / "source.pth"), weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("conv1.weight"))
+    state["model"][key] = state["model"][key].to_sparse()
+    torch.save(state, tmp_path / "sparse.pth")
+    with pytest.raises(ValueError, match=r"sparse\.pth do not fit.*is a sparse_coo tensor") as err:
+        vision_learner(image_dls(), "resnet_small", pretrained=tmp_path / "sparse.pth")
+    assert "\n" not in str(err.value)

@@ -32,6 +32,7 @@ from lrkit.export_fields import (
     vocab_problem,
 )
 from lrkit.models import registry
+from lrkit.models.weights import tensor_kind_problem
 from lrkit.predictor import Predictor
 
 STATE_FORMAT = "lrkit-state"
@@ -77,23 +78,6 @@ def save_state(model: nn.Module, opt: torch.optim.Optimizer | None, path: str | 
         "opt": opt.state_dict() if opt is not None else None,
     }
     return _atomic_save(state, path)
-
-
-def tensor_kind_problem(value: torch.Tensor) -> str | None:
-    """Why `value` cannot be copied into a parameter, or None for a plain dense tensor with data.
-
-    Sparse, quantized, nested and meta (data-less) tensors pass a shape and dtype check, then
-    fail inside `load_state_dict` after other keys were copied, so they are refused up front.
-    """
-    if value.layout is not torch.strided:
-        return f"a {str(value.layout).removeprefix('torch.')} tensor, not a dense one"
-    if value.is_meta:
-        return "a meta tensor without data"
-    if value.is_quantized:
-        return "a quantized tensor"
-    if value.is_nested:
-        return "a nested tensor"
-    return None
 
 
 def check_state_dict(
