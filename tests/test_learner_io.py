@@ -170,6 +170,7 @@ def test_predict_an_image_file_with_exported_preprocessing(tmp_path):
 def test_export_keeps_the_loaders_normalisation_stats(tmp_path):
     learn = make_learner()
     learn.model = TinyImageNet()
+    learn.dls.vocab = ["cat", "dog"]  # one class per output
     learn.dls.stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     learn.export(tmp_path / "stats.pth")
     predictor = load_learner(tmp_path / "stats.pth")

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 import lrkit
+import lrkit.checkpoint
 from learner_fixtures import TinyNet, make_learner
 from lrkit import DataLoaders, Learner, load_learner, register_model, vision_learner
 from lrkit.cli import main
@@ -269,3 +270,232 @@ def test_the_cli_takes_its_own_model_file_as_pretrained(tmp_path, capsys):
     model = tmp_path / "first" / "model.lrk"
     assert main(["train", *common, "--arch", "resnet_small", "--pretrained", str(model),
                  "--out", str(tmp_path / "second")]) == 0, capsys.readouterr().err  # fmt: skip
+
+
+def trained_state(tmp_path, opt=None) -> dict:
+    """The payload `Learner.save` writes after one epoch (with `opt`, or the default SGD)."""
+    source = make_learner() if opt is None else make_learner(opt=opt)
+    source.fit(1, 1e-2)
+    return torch.load(source.save(tmp_path / "source.pth"), weights_only=True)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+def test_a_tensor_without_dense_data_changes_nothing(tmp_path, kind):
+    state = trained_state(tmp_path)
+    last = list(state["model"])[-1]  # copied last, after every other key
+    value = state["model"][last]
+    state["model"][last] = (
+        value.to_sparse() if kind == "sparse" else torch.empty(value.shape, device="meta")
+    )
+    torch.save(state, tmp_path / "odd.pth")
+    learn = make_learner()
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=rf"{last} is a {kind}.*nothing was loaded") as err:
+        learn.load(tmp_path / "odd.pth")
+    assert "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+
+
+@pytest.mark.parametrize(
+    ("saved_with", "loaded_into"),
+    [(torch.optim.Adam, "sgd"), ("sgd", torch.optim.Adam)],
+)
+def test_another_optimizers_state_is_refused_and_changes_nothing(tmp_path, saved_with, loaded_into):
+    from functools import partial
+
+    sgd = partial(torch.optim.SGD, momentum=0.9)
+    state = trained_state(tmp_path, opt=sgd if saved_with == "sgd" else saved_with)
+    torch.save(state, tmp_path / "other_opt.pth")
+    learn = make_learner(opt=sgd if loaded_into == "sgd" else loaded_into)
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=r"another kind of optimizer.*with_opt=False") as err:
+        learn.load(tmp_path / "other_opt.pth")
+    assert "other_opt.pth" in str(err.value) and "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+    learn.load(tmp_path / "other_opt.pth", with_opt=False)
+    learn.fit(1, 1e-3)  # the learner still trains
+
+
+def damage_state(opt: dict, how: str) -> None:
+    first = next(iter(opt["state"]))
+    if how == "state_list":
+        opt["state"] = [1, 2]
+    elif how == "group_not_dict":
+        opt["param_groups"] = ["lr"]
+    elif how == "lr_string":
+        opt["param_groups"][0]["lr"] = "abc"
+    elif how == "duplicate_ids":
+        opt["param_groups"][0]["params"] = [0] * len(opt["param_groups"][0]["params"])
+    elif how == "complex_state":
+        opt["state"][first]["exp_avg"] = opt["state"][first]["exp_avg"].to(torch.complex64)
+    elif how == "sparse_state":
+        opt["state"][first]["exp_avg"] = opt["state"][first]["exp_avg"].to_sparse()
+    elif how == "extra_state":
+        opt["state"][first]["zzz"] = torch.zeros(())
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["state_list", "group_not_dict", "lr_string", "duplicate_ids", "complex_state",
+     "sparse_state", "extra_state"],
+)  # fmt: skip
+def test_a_malformed_optimizer_state_is_one_line_and_changes_nothing(tmp_path, how):
+    state = trained_state(tmp_path, opt=torch.optim.Adam)
+    damage_state(state["opt"], how)
+    torch.save(state, tmp_path / "bad_opt.pth")
+    learn = make_learner(opt=torch.optim.Adam)
+    learn.fit(1, 1e-3)
+    before = snapshot(learn)
+    with pytest.raises(ValueError, match=r"optimizer state in .*bad_opt\.pth") as err:
+        learn.load(tmp_path / "bad_opt.pth")
+    assert "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+
+
+# ------------------------------------------------------- small file, big model: refused unbuilt
+
+REAL_BUILDS: list[dict] = []  # the keyword arguments of each build that allocated memory
+
+
+class Scratch(nn.Module):
+    """A linear layer plus a non-persistent buffer (in no state_dict, so in no file)."""
+
+    def __init__(self, scratch: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("scratch", torch.arange(float(scratch)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@register_model
+def counted_model(width: int = 4, scratch: int = 8) -> nn.Module:
+    """simple_cnn (or Scratch for width=0), recording every build off the meta device."""
+    if torch.empty(0).device.type != "meta":
+        REAL_BUILDS.append({"width": width, "scratch": scratch})
+    if width == 0:
+        return Scratch(scratch)
+    return lrkit.models.simple_cnn(num_classes=3, in_channels=1, width=width)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "huge", "message"),
+    [({"width": 4}, {"width": 1500}, "MiB more than"),  # ~1 GB of weights the file lacks
+     ({"width": 0, "scratch": 8}, {"width": 0, "scratch": 10**8}, "MiB more than")],  # 400 MB
+)  # fmt: skip
+def test_a_small_export_asking_for_a_huge_model_is_refused_before_building_it(
+    tmp_path, kwargs, huge, message
+):
+    good = tmp_path / "good.lrk"
+    lrkit.checkpoint.export(counted_model(**kwargs), good, factory=counted_model, kwargs=kwargs)
+    path = tampered(good, tmp_path / "huge.lrk", kwargs=huge)
+    REAL_BUILDS.clear()
+    with pytest.raises(ValueError, match=message) as err:
+        load_learner(path)
+    assert "huge.lrk" in str(err.value) and "\n" not in str(err.value)
+    assert REAL_BUILDS == []  # refused from shapes alone: nothing was allocated for it
+
+
+def test_buffers_outside_the_file_are_built_as_the_builder_makes_them(tmp_path):
+    kwargs = {"width": 0, "scratch": 5}
+    path = lrkit.checkpoint.export(
+        counted_model(**kwargs), tmp_path / "scratch.lrk", factory=counted_model, kwargs=kwargs
+    )
+    model = load_learner(path).model
+    assert torch.equal(model.scratch, torch.arange(5.0))
+
+
+# ------------------------------------------- preprocessing, vocabulary, threshold: checked on load
+
+SQUARE = {"size": 16, "mean": [0.5], "std": [0.25]}  # fits the export_file model (1 channel)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"preprocess": {"size": -5}}, "size should be a whole number"),
+        ({"preprocess": {"size": "big"}}, "size should be a whole number"),
+        ({"preprocess": {"size": 16.5}}, "size should be a whole number"),
+        ({"preprocess": {"size": 10**9}}, "size should be a whole number"),
+        ({"preprocess": {"presize": -1, "size": 16}}, "presize should be"),
+        ({"preprocess": {"size": 16, "channels": 7}}, "channels should be 1 or 3"),
+        ({"preprocess": {"size": 16, "channels": 3}}, "cannot take a 3-channel 16x16 image"),
+        ({"preprocess": {**SQUARE, "mean": [0.5, 0.5]}}, "mean has 2 values"),
+        ({"preprocess": {**SQUARE, "std": [0.25] * 3}}, "std has 3 values for 1-channel"),
+        ({"preprocess": {**SQUARE, "std": [0.0]}}, "std should hold finite numbers above 0"),
+        ({"preprocess": {**SQUARE, "mean": [float("nan")]}}, "mean should hold finite"),
+        ({"preprocess": {**SQUARE, "mean": "abc"}}, "mean should be a list of numbers"),
+        ({"preprocess": {**SQUARE, "crop": True}}, "unknown preprocess keys"),
+        ({"preprocess": SQUARE, "vocab": []}, "vocabulary is empty"),
+        ({"preprocess": SQUARE, "vocab": [1, 2, 3]}, r"class names \(str\)"),
+        ({"preprocess": SQUARE, "vocab": ["a", "a", "b"]}, "names a class twice"),
+        ({"preprocess": SQUARE, "vocab": ["a"]}, "gives 3 scores per image for 1 classes"),
+        ({"preprocess": SQUARE, "thresh": float("nan")}, "'thresh' should be a number between"),
+        ({"preprocess": SQUARE, "thresh": 1.5}, "'thresh' should be a number between"),
+        ({"kwargs": {"arch": "resnet_small", "n_out": 10**40, "in_chans": 1}}, "fails to build"),
+    ],
+)
+def test_a_malformed_export_never_reaches_predict(export_file, tmp_path, changes, message, capsys):
+    path = tampered(export_file, tmp_path / "bad.lrk", **{"vocab": ["a", "b", "c"], **changes})
+    with pytest.raises(ValueError, match=message) as err:
+        load_learner(path)
+    assert "bad.lrk" in str(err.value) and "\n" not in str(err.value)
+    assert main(["predict", str(path), str(image(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.lrk" in err and "Traceback" not in err
+
+
+def test_the_sound_preprocessing_still_predicts(export_file, tmp_path):
+    path = tampered(export_file, tmp_path / "ok.lrk", vocab=["a", "b", "c"], preprocess=SQUARE)
+    label, index, probs = load_learner(path).predict(image(tmp_path))
+    assert label == ["a", "b", "c"][index] and probs.shape == (3,)
+
+
+def test_a_vocabulary_of_another_length_is_refused_when_predicting(export_file, tmp_path):
+    path = tampered(export_file, tmp_path / "short.lrk", vocab=["a", "b"], preprocess=None)
+    predictor = load_learner(path)  # no image size stored: the output is known only when run
+    with pytest.raises(ValueError, match=r"gives \(3,\) scores for 2 classes"):
+        predictor.predict(torch.zeros(1, 28, 28))
+    with pytest.raises(ValueError, match=r"cannot take an input of shape \(5,\)") as err:
+        predictor.predict(torch.zeros(5))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused(export_file, tmp_path, bad, capsys):
+    state = torch.load(export_file, weights_only=True)["state_dict"]
+    key = "head.4.weight" if "head.4.weight" in state else list(state)[-2]
+    state = {**state, key: state[key].clone().index_fill_(0, torch.tensor([0]), bad)}
+    path = tampered(export_file, tmp_path / "nan.lrk", state_dict=state)
+    with pytest.raises(ValueError, match=rf"nan\.lrk: its weights hold NaN or infinity .*{key}"):
+        load_learner(path)
+    assert main(["predict", str(path), str(image(tmp_path))]) == 2  # not exit 0 with "(nan)"
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_warnings(tmp_path, capsys):
+    import pickle
+    import warnings
+
+    path = tmp_path / "plain.lrk"
+    path.write_bytes(pickle.dumps({"format": "lrkit-export"}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a warning would print lines before the error's one
+        assert main(["predict", str(path), str(image(tmp_path))]) == 2
+    assert [str(w.message) for w in caught] == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plain.lrk is not a readable" in err
+
+
+def test_pretrained_weights_without_dense_data_are_one_clear_error(tmp_path):
+    source = vision_learner(image_dls(), "resnet_small", pretrained=False, progress=False)
+    state = torch.load(source.save(tmp_path / "source.pth"), weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("conv1.weight"))
+    state["model"][key] = state["model"][key].to_sparse()
+    torch.save(state, tmp_path / "sparse.pth")
+    with pytest.raises(ValueError, match=r"sparse\.pth do not fit.*is a sparse_coo tensor") as err:
+        vision_learner(image_dls(), "resnet_small", pretrained=tmp_path / "sparse.pth")
+    assert "\n" not in str(err.value)

@@ -24,12 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrkit.export_fields import (
+    first_nonfinite,
+    output_problem,
+    preprocess_problem,
+    thresh_problem,
+    vocab_problem,
+)
 from lrkit.models import registry
+from lrkit.models.weights import tensor_kind_problem
 from lrkit.predictor import Predictor
 
 STATE_FORMAT = "lrkit-state"
 EXPORT_FORMAT = "lrkit-export"
 VERSION = 1
+# bytes a rebuilt model may hold beyond the weights in its export (non-persistent buffers)
+MAX_EXTRA_BYTES = 256 * 2**20
 
 
 def _atomic_save(obj: Any, path: str | Path) -> Path:
@@ -50,11 +60,12 @@ def _read(path: str | Path, device: torch.device | str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(
-            f"{path} is not a readable lrkit/torch weights file ({first_line})"
+            f"{path} is not a readable lrkit/torch weights file ({first_line(err)})"
         ) from err
 
 
@@ -72,11 +83,13 @@ def save_state(model: nn.Module, opt: torch.optim.Optimizer | None, path: str | 
 def check_state_dict(
     model: nn.Module, state: dict[str, Any], source: str | Path, strict: bool = True
 ) -> None:
-    """Raise ValueError unless `state` loads into `model` whole: keys, shapes and dtypes.
+    """Raise ValueError unless `state` loads into `model` whole: keys, kinds, shapes and dtypes.
 
     Run before anything is copied, so a refused load changes nothing. Floating-point tensors
-    may differ in precision (they are cast, as torch does); any other dtype must match.
+    may differ in precision (they are cast, as torch does); any other dtype must match; every
+    value must be a dense tensor with data (`tensor_kind_problem`).
     `strict=False` allows missing and unexpected keys, not wrong shapes or dtypes.
+    Reads only the model's shapes and dtypes, so `model` may live on the meta device.
     """
     want = model.state_dict()
     problems = []
@@ -89,6 +102,8 @@ def check_state_dict(
         mine = want[key]
         if not isinstance(value, torch.Tensor):
             problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif (kind := tensor_kind_problem(value)) is not None:
+            problems.append(f"{key} is {kind}")
         elif value.shape != mine.shape:
             problems.append(f"{key}: {tuple(value.shape)} in the file, {tuple(mine.shape)} here")
         elif value.dtype != mine.dtype and not (
@@ -103,37 +118,90 @@ def check_state_dict(
         )
 
 
-def check_optimizer_state(opt: torch.optim.Optimizer, opt_state: Any, source: str | Path) -> None:
-    """Raise ValueError unless `opt_state` loads into `opt` whole; changes nothing.
+def _value_kind(value: Any) -> str | None:
+    """A hyper-parameter's kind for comparing two optimizers' groups; None: anything goes."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+        return "number"
+    if isinstance(value, (tuple, list)):
+        return "sequence"
+    return type(value).__name__
 
-    Checked: the number of param groups, the parameters per group, and that each per-parameter
-    state tensor is a scalar or has its parameter's shape (torch checks only the first two).
+
+def check_optimizer_state(opt: torch.optim.Optimizer, opt_state: Any, source: str | Path) -> None:
+    """Raise ValueError (one line, naming `source`) unless `opt_state` loads into `opt` whole.
+
+    Checked, changing nothing: the structure (dicts and lists where torch expects them); the
+    number of param groups and the parameters per group (all torch checks); that each saved
+    group has every hyper-parameter of this optimizer, of the same kind (another optimizer
+    type is refused, not loaded to fail at the next step); that per-parameter state names match
+    the state this optimizer already holds for that parameter; and that each per-parameter state
+    tensor is dense, real when its parameter is, and a scalar or of its parameter's shape.
     """
+    retry = "load with with_opt=False to take the weights only"
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"the optimizer state in {source} is damaged ({what}); {retry}")
+
     if not isinstance(opt_state, dict) or not isinstance(opt_state.get("param_groups"), list):
-        raise ValueError(f"the optimizer state in {source} is damaged (no param_groups)")
+        raise damaged("no param_groups")
+    saved_state = opt_state.get("state")
+    if not isinstance(saved_state, dict):
+        raise damaged(f"its state is a {type(saved_state).__name__}, not a dict")
     groups, saved = opt.param_groups, opt_state["param_groups"]
     if len(groups) != len(saved):
         raise ValueError(
             f"the optimizer state in {source} has {len(saved)} param groups, this optimizer "
-            f"{len(groups)}; load with with_opt=False to take the weights only"
+            f"{len(groups)}; {retry}"
         )
     params: dict[Any, torch.Tensor] = {}
     for i, (group, old) in enumerate(zip(groups, saved, strict=True)):
-        n_old = len(old.get("params", ())) if isinstance(old, dict) else -1
-        if n_old != len(group["params"]):
+        if not isinstance(old, dict) or not isinstance(old.get("params"), list):
+            raise damaged(f"group {i} is not a dict with a params list")
+        if len(old["params"]) != len(group["params"]):
             raise ValueError(
-                f"the optimizer state in {source}: group {i} has {n_old} parameters, this "
-                f"optimizer's {len(group['params'])}; load with with_opt=False"
+                f"the optimizer state in {source}: group {i} has {len(old['params'])} "
+                f"parameters, this optimizer's {len(group['params'])}; {retry}"
             )
-        params.update(zip(old["params"], group["params"], strict=True))
-    for key, per_param in (opt_state.get("state") or {}).items():
-        param = params.get(key)
+        missing = sorted(k for k in opt.defaults if k != "params" and k not in old)
+        if missing:
+            raise ValueError(
+                f"the optimizer state in {source} was written by another kind of optimizer "
+                f"(group {i} lacks {', '.join(missing)} of this {type(opt).__name__}); {retry}"
+            )
+        for name in opt.defaults:
+            mine, theirs = _value_kind(group.get(name)), _value_kind(old[name])
+            if mine is not None and theirs is not None and mine != theirs:
+                raise damaged(f"group {i}: {name} is {old[name]!r}, should be a {mine}")
+        for key, param in zip(old["params"], group["params"], strict=True):
+            if isinstance(key, bool) or not isinstance(key, int) or key in params:
+                raise damaged(f"group {i}: parameter id {key!r} is not a new integer")
+            params[key] = param
+    for key, per_param in saved_state.items():
+        param = params.get(key) if isinstance(key, int) else None
         if param is None or not isinstance(per_param, dict):
             raise ValueError(
                 f"the optimizer state in {source} holds state for an unknown parameter {key!r}"
             )
+        held = opt.state.get(param)
+        if held and set(held) != set(per_param):
+            raise ValueError(
+                f"the optimizer state in {source} was written by another kind of optimizer "
+                f"(parameter {key} has state {sorted(per_param)}, this {type(opt).__name__} "
+                f"keeps {sorted(held)}); {retry}"
+            )
         for name, value in per_param.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
+            if not isinstance(value, torch.Tensor):
+                continue
+            problem = tensor_kind_problem(value)
+            if problem is None and value.is_complex() and not param.is_complex():
+                problem = "complex, the parameter real"
+            if problem is not None:
+                raise damaged(f"{name} of parameter {key} is {problem}")
+            if value.ndim > 0 and value.shape != param.shape:
                 raise ValueError(
                     f"the optimizer state in {source}: {name} of parameter {key} has shape "
                     f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
@@ -303,7 +371,10 @@ BUILD_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 
 
 def _check_export(payload: Any, path: Path) -> None:
-    """Refuse, in one line, an export with missing keys or values of the wrong type."""
+    """Refuse, in one line, an export with missing keys or values of the wrong type or range.
+
+    The preprocessing, vocabulary and threshold are checked by `lrkit.export_fields`.
+    """
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path} is not an lrkit export (write one with Learner.export)")
     fields = dict(EXPORT_FIELDS)
@@ -320,9 +391,13 @@ def _check_export(payload: Any, path: Path) -> None:
                 f"{path} is a damaged lrkit export: {key!r} should be {what}, got "
                 f"{type(value).__name__}; export again"
             )
-    thresh = payload.get("thresh", OPTIONAL_FIELDS["thresh"])
-    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)):
-        raise ValueError(f"{path} is a damaged lrkit export: 'thresh' should be a number")
+    problem = (
+        thresh_problem(payload.get("thresh", OPTIONAL_FIELDS["thresh"]))
+        or preprocess_problem(payload["preprocess"])
+        or vocab_problem(payload["vocab"])
+    )
+    if problem is not None:
+        raise ValueError(f"{path} is a damaged lrkit export: {problem}; export again")
     state = payload.get("state_dict", {})
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -331,10 +406,66 @@ def _check_export(payload: Any, path: Path) -> None:
         )
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's C++ errors append a stack dump)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _build(builder: Callable[..., Any], ref: str, kwargs: dict[str, Any], path: Path) -> nn.Module:
+    """`builder(**kwargs)`, checked to be an nn.Module; any failure is one ValueError line."""
+    try:
+        model = builder(**kwargs)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: {ref}(**{kwargs!r}) fails to build the model "
+            f"({type(err).__name__}: {first_line(err)})"
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path}: {ref} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _skeleton(builder: Callable[..., Any], kwargs: dict[str, Any]) -> nn.Module | None:
+    """`builder(**kwargs)` on the meta device (shapes only, no memory); None if it cannot be.
+
+    A builder may decide its structure from computed values (lrkit's `create_body` compares
+    features on a probe image), so the skeleton's keys may differ from the real model's: it is
+    used for sizes and output shapes, never for key names.
+    """
+    try:
+        with torch.device("meta"):
+            model = builder(**kwargs)
+    except Exception:  # the real build reports it, or the builder needs real data
+        return None
+    return model if isinstance(model, nn.Module) else None
+
+
+def _check_allocation(skeleton: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a model whose tensors outweigh the file's weights by more than MAX_EXTRA_BYTES.
+
+    The file's keyword arguments choose the model's size; its weights must match that model,
+    so a model far larger than they are cannot load anyway, and is refused before it is built.
+    """
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    have = sum(t.numel() * t.element_size() for t in state.values())
+    if need - have > MAX_EXTRA_BYTES:
+        raise ValueError(
+            f"{path}: its model would need {need / 2**20:.0f} MiB, {(need - have) / 2**20:.0f} "
+            "MiB more than the weights the file holds; refused before building it"
+        )
+
+
 def _rebuild(
     payload: dict[str, Any], path: Path, device: torch.device | str, trust: bool
 ) -> nn.Module:
-    """The exported model, built by an allow-listed builder (or unpickled when trusted)."""
+    """The exported model, built by an allow-listed builder (or unpickled when trusted).
+
+    The builder runs first on the meta device: an export whose keyword arguments ask for a model
+    far larger than its weights, or one whose outputs do not fit its images and vocabulary, is
+    refused before memory is allocated for it. (A builder that cannot run on the meta device is
+    only checked after it is built.)
+    """
     if "model_pickle" in payload:
         if not trust:
             raise ValueError(
@@ -343,21 +474,26 @@ def _rebuild(
             )
         raw = payload["model_pickle"].cpu().numpy().tobytes()
         return torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
-    ref, kwargs = payload["factory"], payload["kwargs"]
+    ref, kwargs, state = payload["factory"], payload["kwargs"], payload["state_dict"]
     try:
         builder = registry.resolve_builder(ref, kwargs, trust=trust)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
-    try:
-        model = builder(**kwargs)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: {ref}(**{kwargs!r}) fails to build the model ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path}: {ref} built a {type(model).__name__}, not an nn.Module")
-    check_state_dict(model, payload["state_dict"], path)
-    model.load_state_dict(payload["state_dict"])
+    bad = next((k for k, v in state.items() if tensor_kind_problem(v) is not None), None)
+    if bad is not None:  # sizes below count dense data only
+        raise ValueError(f"{path}: state_dict entry {bad} is {tensor_kind_problem(state[bad])}")
+    nonfinite = first_nonfinite(state)
+    if nonfinite is not None:  # it would predict NaN for every input
+        raise ValueError(f"{path}: its weights hold NaN or infinity (first in {nonfinite})")
+    skeleton = _skeleton(builder, kwargs)
+    if skeleton is not None:
+        _check_allocation(skeleton, state, path)
+        problem = output_problem(skeleton, payload["preprocess"], payload["vocab"])
+        if problem is not None:
+            raise ValueError(f"{path} does not fit together: {problem}; export again")
+    model = _build(builder, ref, kwargs, path)
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
     return model
 
 

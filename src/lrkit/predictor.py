@@ -37,7 +37,11 @@ def predict(
     device: torch.device | str,
     thresh: float = 0.5,
 ) -> Prediction:
-    """Run `model` on one item (tensor without batch dim, image path or PIL image)."""
+    """Run `model` on one item (tensor without batch dim, image path or PIL image).
+
+    Raises ValueError (one line) when the model cannot take the item's shape, or gives a number
+    of scores other than the vocabulary's length; TypeError for another kind of item.
+    """
     if isinstance(item, (str, Path, Image.Image)):
         x = image_input(item, preprocess)
     elif isinstance(item, np.ndarray):
@@ -49,7 +53,20 @@ def predict(
             f"predict takes a tensor, array, image path or PIL image, got {type(item).__name__}"
         )
     with torch.no_grad(), eval_mode(model):  # every module's own mode back afterwards
-        out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
+        try:
+            out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:  # torch's shape errors carry a C++ stack dump: first line
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(
+                f"the model cannot take an input of shape {tuple(x.shape)} ({line})"
+            ) from err
+    if vocab is not None and tuple(out.shape) != (len(vocab),):
+        raise ValueError(
+            f"the model gives {tuple(out.shape)} scores for {len(vocab)} classes; its vocabulary "
+            "does not belong to it"
+        )
     if multi_label:
         probs = out.sigmoid()
         index = (probs > thresh).nonzero().flatten().tolist()

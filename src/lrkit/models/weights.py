@@ -138,6 +138,23 @@ def _classifier_prefix(model: nn.Module) -> str | None:
     return None
 
 
+def tensor_kind_problem(value: torch.Tensor) -> str | None:
+    """Why `value` cannot be copied into a parameter, or None for a plain dense tensor with data.
+
+    Sparse, quantized, nested and meta (data-less) tensors pass a shape and dtype check, then
+    fail inside `load_state_dict` after other keys were copied, so they are refused up front.
+    """
+    if value.layout is not torch.strided:
+        return f"a {str(value.layout).removeprefix('torch.')} tensor, not a dense one"
+    if value.is_meta:
+        return "a meta tensor without data"
+    if value.is_quantized:
+        return "a quantized tensor"
+    if value.is_nested:
+        return "a nested tensor"
+    return None
+
+
 def fit_state_dict(
     model: nn.Module,
     state: Mapping[str, torch.Tensor],
@@ -176,6 +193,11 @@ def fit_state_dict(
         f"{k} {tuple(state[k].shape)} in the file, {tuple(want[k].shape)} in the model"
         for k in want
         if k in state and state[k].shape != want[k].shape
+    ]
+    shapes += [  # pass the shape check, then fail inside load_state_dict
+        f"{k} is {tensor_kind_problem(state[k])}"
+        for k in want
+        if k in state and tensor_kind_problem(state[k]) is not None
     ]
     if missing or unexpected or shapes:
         raise ValueError(_mismatch_message(model, source, missing, unexpected, shapes))
