@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 import lrkit
-import lrkit.checkpoint
+import lrkit.export_file
 from learner_fixtures import TinyNet, make_learner
 from lrkit import DataLoaders, Learner, load_learner, register_model, vision_learner
 from lrkit.cli import main
@@ -390,7 +390,7 @@ def test_a_small_export_asking_for_a_huge_model_is_refused_before_building_it(
     tmp_path, kwargs, huge, message
 ):
     good = tmp_path / "good.lrk"
-    lrkit.checkpoint.export(counted_model(**kwargs), good, factory=counted_model, kwargs=kwargs)
+    lrkit.export_file.export(counted_model(**kwargs), good, factory=counted_model, kwargs=kwargs)
     path = tampered(good, tmp_path / "huge.lrk", kwargs=huge)
     REAL_BUILDS.clear()
     with pytest.raises(ValueError, match=message) as err:
@@ -401,7 +401,7 @@ def test_a_small_export_asking_for_a_huge_model_is_refused_before_building_it(
 
 def test_buffers_outside_the_file_are_built_as_the_builder_makes_them(tmp_path):
     kwargs = {"width": 0, "scratch": 5}
-    path = lrkit.checkpoint.export(
+    path = lrkit.export_file.export(
         counted_model(**kwargs), tmp_path / "scratch.lrk", factory=counted_model, kwargs=kwargs
     )
     model = load_learner(path).model

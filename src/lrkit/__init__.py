@@ -10,9 +10,9 @@ from lrkit.callbacks import (
     Recorder,
     SaveBestModel,
 )
-from lrkit.checkpoint import load_learner
 from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
+from lrkit.export_file import load_learner
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.interpret import ClassificationInterpretation

@@ -30,7 +30,6 @@ from rich.table import Table
 import lrkit
 from lrkit import suggest
 from lrkit.callbacks import ProgressCallback
-from lrkit.checkpoint import load_learner
 from lrkit.cli_args import (
     ArgumentError,
     Parser,
@@ -51,6 +50,7 @@ from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, run_demo
+from lrkit.export_file import load_learner
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
 from lrkit.range_test_result import finite_or_none, json_ready

@@ -2,7 +2,7 @@
 
 An export may come from anyone, and `predict` feeds these fields to image decoding, resizing,
 normalisation and labelling. Each check returns what is wrong in a few words (or None), and
-`lrkit.checkpoint` refuses the file with that, in one line, before `predict` is ever called,
+`lrkit.export_file` refuses the file with that, in one line, before `predict` is ever called,
 instead of a traceback mid-prediction or a NaN "confidence".
 """
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrkit import checkpoint
+from lrkit import export_file
 from lrkit.data import DataLoaders
 from lrkit.layer_groups import Splitter
 from lrkit.learner import Learner
@@ -138,7 +138,7 @@ class VisionLearner(Learner):
         """
         if factory is None and not pickle_model and self.model_spec is not None:
             factory, kwargs = vision_model, dict(self.model_spec)
-        return checkpoint.export(
+        return export_file.export(
             self.model,
             path,
             vocab=self.dls.vocab,

@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from lrkit import checkpoint, finder, interpret
+from lrkit import checkpoint, export_file, finder, interpret
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
@@ -714,7 +714,7 @@ class Learner:
         preprocess: dict[str, Any] | None = None,
         pickle_model: bool = False,
     ) -> Path:
-        """Write what `lrkit.load_learner(path).predict(item)` needs; see checkpoint.export.
+        """Write what `lrkit.load_learner(path).predict(item)` needs; see export_file.export.
 
         Without `preprocess`, the normalisation stats of `dls.stats` (when set) are stored, so
         image files are normalised as the batches were; add "size" to resize them too.
@@ -722,7 +722,7 @@ class Learner:
         if preprocess is None and getattr(self.dls, "stats", None) is not None:
             mean, std = self.dls.stats
             preprocess = {"mean": [float(m) for m in mean], "std": [float(v) for v in std]}
-        return checkpoint.export(
+        return export_file.export(
             self.model,
             path,
             vocab=self.dls.vocab,

@@ -3,7 +3,7 @@
 A prediction must see an image as validation did: upright by its EXIF tag, every mode made
 RGB (transparency on white), the centre square presized as uint8, then resized to `size` and
 normalised by the same batch transform. `preprocess` is the plain dict an exported model
-keeps: "presize", "size", "mean"/"std" and "channels" (see `lrkit.checkpoint.export`).
+keeps: "presize", "size", "mean"/"std" and "channels" (see `lrkit.export_file.export`).
 """
 
 from __future__ import annotations
