@@ -32,7 +32,7 @@ from lrkit.layer_groups import Splitter, bn_parameter_ids, check_layer_groups, o
 from lrkit.metrics import Metric, metric_name
 from lrkit.predictor import Prediction, predict
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom, progress
 from lrkit.summary import summarize
 
 # schedule(pct) -> (one lr per group, momentum or None to leave it alone)
@@ -281,6 +281,7 @@ class Learner:
         cbs: Sequence[Callback] = (),
     ) -> None:
         """fastai's recipe: train the head with the body frozen, then all groups at sliced lrs."""
+        check_lr(base_lr, "base_lr")  # before freezing: a bad rate changes nothing
         if freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)

