@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learner_fixtures import clone_state, make_learner
-from lrkit import LRFindResult
+from lrkit import LRFindResult, suggest
 from lrkit.compare import (
     CompareConfig,
     Comparison,
@@ -19,6 +19,7 @@ from lrkit.compare import (
     untrained_loss,
     write_comparison,
 )
+from lrkit.range_test_result import UnusableCurveError
 
 torch.set_num_threads(1)
 
@@ -40,9 +41,21 @@ def test_every_rule_starts_from_the_same_state_and_the_learner_is_left_as_it_was
 
 def test_rules_that_agree_share_one_run():
     learn = make_learner(metrics=[])
-    minimum, auto = compare_rules(learn, CompareConfig(rules=("minimum", "auto"), num_it=30)).runs
-    assert auto.lr == minimum.lr and auto.valid_losses == minimum.valid_losses
-    assert "same lr as minimum" in auto.note
+    suggest.register_rule("tenth_of_lowest", lambda lrs, losses: suggest.lowest(lrs, losses) / 10)
+    try:
+        config = CompareConfig(rules=("minimum", "tenth_of_lowest"), num_it=30)
+        minimum, twin = compare_rules(learn, config).runs
+    finally:
+        del suggest.RULES["tenth_of_lowest"]
+    assert twin.lr == minimum.lr and twin.valid_losses == minimum.valid_losses
+    assert "same lr as minimum" in twin.note
+
+
+def test_a_curve_auto_cannot_read_stops_the_comparison_before_training():
+    learn = make_learner(metrics=[])
+    with pytest.raises(UnusableCurveError, match="too flat"):  # this tiny task's 30-step curve
+        compare_rules(learn, CompareConfig(rules=("minimum", "auto"), num_it=30))
+    assert learn.recorder.log == []
 
 
 def test_metrics_of_the_last_epoch_are_reported():

@@ -142,13 +142,15 @@ def _final(log: list[dict[str, Any]], key: str) -> float | None:
 def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
     """Range-test `learn`, then train it once per rule from its current state. Weights,
     optimizer, random states and data order are put back at the end; the recorder keeps the
-    last run's history. Raises UnusableCurveError, before any training, when the range test's
-    curve cannot support a learning rate (too flat, too noisy, ...). A Ctrl-C that ends a
+    last run's history. With "auto" among the rules, raises UnusableCurveError before any
+    training when the range test's curve cannot support a learning rate (too flat, too
+    noisy, ...). A Ctrl-C that ends a
     run's fit ends the comparison after that run (`Comparison.interrupted`)."""
     config = config or CompareConfig()
     config.check()
     range_test = learn.lr_find(start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it)
-    range_test.require("auto")  # a curve no rate can be read from stops here, before training
+    if "auto" in config.rules:  # a curve auto reads no rate from stops here, before training
+        range_test.require("auto")
     start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
     runs: list[RuleRun] = []
     by_lr: dict[float, RuleRun] = {}  # rules that agree on the lr share one run
