@@ -541,11 +541,15 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         ) from None
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
+    for note in comparison.range_test.warnings:
+        console.print(f"[yellow]warning:[/] range test: {note}", highlight=False)
     console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
-    best = comparison.best()
+    best, verdict = comparison.winner()
+    console.print(verdict, highlight=False)
     record = {
         "rows": comparison.rows(),
         "best_rule": best.rule if best else None,
+        "verdict": verdict,
         "suggestions": {k: finite_or_none(v) for k, v in comparison.range_test.suggestions.items()},
         "interrupted": comparison.interrupted,
         **extra,
