@@ -119,3 +119,20 @@ for _lo in (6, 10, 20):
         CANDIDATES[f"fcl {_lo}-{_hi}"] = fclamp(_lo, _hi)
         CANDIDATES[f"fclU {_lo}-{_hi}"] = fclamp(_lo, _hi, restrict=False)
 CANDIDATES["fsteepR"] = fclamp(1e9, 1e-9)
+
+
+def fclamp_edge(lo_div: float, hi_div: float, edge: int = 1):
+    """fclamp, but when the lowest loss is among the last `edge` points (no rise seen after it:
+    no divergence edge to measure from) the lower bound is dropped."""
+
+    def rule(lrs, losses):
+        low = lowest_index(losses)
+        i = fsteep_index(lrs, losses, low)
+        floor = lrs[low] / lo_div if low < len(losses) - edge else 0.0
+        return float(min(max(lrs[i], floor), lrs[low] / hi_div))
+
+    return rule
+
+
+for _e in (1, 2, 3):
+    CANDIDATES[f"v2 edge{_e}"] = fclamp_edge(10, 1.5, _e)

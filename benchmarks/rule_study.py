@@ -53,7 +53,8 @@ from lrkit.range_test_result import LRFindResult  # noqa: E402
 OPEN = ("T1", "T2", "T3")
 TUNING = ("T1", "T2", "T3", "S1", "S3")
 HELD_OUT = ("S2", "S4", "S5", "S6")
-ALL_TASKS = TUNING + HELD_OUT
+FRESH = ("S7", "S8", "S9")  # added to check the rule revised after S6 (study_tasks.py)
+ALL_TASKS = TUNING + HELD_OUT + FRESH
 FINDER_SEEDS = (0, 1, 2, 3, 4)
 TRAIN_SEEDS = (0, 1, 2)
 HALF = [10 ** (k / 2) for k in range(-10, 2)]  # 1e-5 ... 3.16
@@ -165,7 +166,7 @@ def collect(task_names: list[str], workers: int) -> None:
         for s in TRAIN_SEEDS
         if key(t, lr, s) not in runs
     ]
-    jobs.sort(key=lambda job: job[1] not in ("T2", "T3", "S3", "S5", "S6"))  # cheap ones first
+    jobs.sort(key=lambda job: job[1] not in ("T2", "T3", "S3", "S5", "S6", "S7", "S8", "S9"))
     run_jobs(jobs, workers)
 
 
@@ -326,7 +327,8 @@ def main() -> None:
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    names = {"open": list(OPEN), "tuning": list(TUNING), "held-out": list(HELD_OUT)}.get(
+    sets = {"open": OPEN, "tuning": TUNING, "held-out": HELD_OUT, "fresh": FRESH, "all": ALL_TASKS}
+    names = {name: list(group) for name, group in sets.items()}.get(
         args.tasks, [t for t in args.tasks.split(",") if t]
     )
     if args.command == "collect":

@@ -42,6 +42,14 @@ def test_steepest_point_far_below_the_lowest_is_raised_to_a_tenth_of_it():
     assert suggest.auto(LRS, curve(steps)) == pytest.approx(0.1 / 10)
 
 
+def test_curve_that_never_turns_up_gives_its_steepest_point():
+    # a head trained for many epochs by the range test itself: the loss falls to the very end,
+    # so the lowest point (10) says nothing about divergence and sets no floor
+    steps = {i: -0.01 for i in range(20, 70)}
+    steps[35] = -0.3  # steepest at 10^-2.5, more than a decade below the end
+    assert suggest.auto(LRS, curve(steps)) == pytest.approx(10**-2.5)
+
+
 def test_cliff_right_after_the_minimum_is_never_taken():
     steps = normal_steps()
     steps.update({50: 6.0, 51: -5.0, 52: 6.0})  # up a cliff, a steep drop back, up again

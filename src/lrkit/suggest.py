@@ -169,9 +169,12 @@ def auto(lrs: Sequence[float], losses: Sequence[float]) -> float:
     if auto_problem(lrs, losses) is not None:
         return math.nan
     low = int(np.argmin(losses))
-    slopes = np.diff(losses[: low + 1]) / np.diff(np.log(lrs[: low + 1]))
+    slopes = np.diff(losses[: low + 1]) / np.diff(np.log(lrs[: low + 1]))  # i joins i, i + 1
     steepest = lrs[AUTO_SKIP + int(np.argmin(slopes[AUTO_SKIP:]))]
-    return float(min(max(steepest, lrs[low] / AUTO_LOW_DIV), lrs[low] / AUTO_HIGH_DIV))
+    # A lowest loss at the curve's last point has no rise after it: it marks where the sweep
+    # ended, not the edge of divergence, so a tenth of it is no floor.
+    floor = lrs[low] / AUTO_LOW_DIV if low < len(losses) - 1 else 0.0
+    return float(min(max(steepest, floor), lrs[low] / AUTO_HIGH_DIV))
 
 
 # `auto` never takes the first AUTO_SKIP points of the trimmed curve (start-of-sweep noise),
