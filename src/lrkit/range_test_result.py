@@ -248,7 +248,8 @@ class LRFindResult:
             f"  {'rule':<9}lr",
         ]
         for name, value in self.suggestions.items():
-            shown = f"{value:.3g}" if math.isfinite(value) else "n/a (curve too short)"
+            missing = "n/a (see the warnings)" if name == "auto" else "n/a (curve too short)"
+            shown = f"{value:.3g}" if math.isfinite(value) else missing
             lines.append(f"  {name:<9}{shown}")
         lines += [f"  warning: {note}" for note in self.warnings]
         return "\n".join(lines)
