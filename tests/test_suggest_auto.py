@@ -166,7 +166,7 @@ def test_learner_verbs_refuse_a_nan_rate_before_changing_anything():
     from learner_fixtures import make_learner
 
     learn = make_learner()
-    with pytest.raises(ValueError, match="NaN.*pass a number"):
+    with pytest.raises(ValueError, match=r"NaN.*pass a number"):
         learn.fit_one_cycle(1, math.nan)
     with pytest.raises(ValueError, match="NaN"):
         learn.fine_tune(1, base_lr=math.nan)
