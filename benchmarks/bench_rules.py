@@ -24,7 +24,9 @@ gradient, a final loss is not finite, or the final training loss is above the un
         [--tasks fashion-cnn,fashion-mlp,transfer] [--quick] [--threads 1] [--out FILE]
 
 Prints per task the grid and per rule: median suggested lr, median distance in decades from
-the best grid lr, mean and worst regret, diverged runs; then mean regret per rule over tasks.
+the best grid lr, mean and worst regret, range tests whose regret is above 5 points, diverged
+runs; then mean regret per rule over tasks. `auto` on a curve it finds unusable gives no lr
+(counted under "no lr"). benchmarks/rule_study.py is the wider study behind `auto`.
 """
 
 from __future__ import annotations
