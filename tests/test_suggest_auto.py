@@ -172,3 +172,14 @@ def test_learner_verbs_refuse_a_nan_rate_before_changing_anything():
         learn.fine_tune(1, base_lr=math.nan)
     assert all(p.requires_grad for p in learn.model.parameters())  # not left frozen
     assert learn.recorder.log == []
+
+
+def test_require_names_the_rule_when_the_curve_is_too_short_for_it():
+    full = result(u_curve())
+    n = 25  # stopped after 25 of 100 steps: 10 usable points, slide needs 16
+    res = LRFindResult(
+        full.lrs[:n], full.losses[:n], full.losses[:n], full.group_lrs[:n], 100, 1e-7, 10.0,
+        "exp", "diverged",
+    )  # fmt: skip
+    with pytest.raises(UnusableCurveError, match="too short for rule 'slide'"):
+        res.require("slide")

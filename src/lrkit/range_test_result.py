@@ -108,13 +108,12 @@ class LRFindResult:
         try:
             lr = self.suggest(rule)
         except rules.CurveTooShortError:
-            lr = math.nan
+            raise UnusableCurveError(f"the curve is too short for rule {rule!r}") from None
         if math.isfinite(lr) and lr > 0:
             return lr
-        why = "; ".join(note.split(";")[0] for note in self.auto_problems()) or (
-            f"the curve is too short for rule {rule!r}"
-        )
-        raise UnusableCurveError(why)
+        notes = self.auto_problems() if rule == "auto" else []
+        why = "; ".join(note.split(";")[0] for note in notes)
+        raise UnusableCurveError(why or f"rule {rule!r} gave {lr}")
 
     # -- can it be trusted? ----------------------------------------------------------------
     def auto_problems(self) -> list[str]:
