@@ -5,17 +5,24 @@ Training is the expensive part, so it is done once: per task, 5 range tests (fin
 does) are recorded, and test errors are measured on a grid of max lrs (half-decade steps 1e-5
 ... 3.16, plus quarter-decade points between 1e-4 and 1) with training seeds 0-2. A rule's
 regret on one range test is then the grid's mean error, interpolated linearly in log10(lr) at
-the rule's suggestion, minus the grid's best mean error, in percentage points (a suggestion
+the rule's suggestion, minus the best half-decade grid point's (as score.py; `--ref all`: the
+best of the whole grid), in percentage points (a suggestion
 outside the grid reads the nearest end; an invalid one (NaN, <= 0, an error) scores the grid's
 worst). `verify` trains at real suggestions to check the interpolation.
 
 Tasks: the open suite T1-T3 (../shared/quality/tasks.py; their half-decade points come from its
-oracle_open.json) and S1-S6 (study_tasks.py). `auto` was designed on TUNING and checked on
-HELD_OUT, which were not looked at while choosing the rule.
+oracle_open.json) and S1-S9 (study_tasks.py). `auto` was designed on TUNING and checked on
+HELD_OUT; S6 failed the first version, the rule was revised for it, and FRESH (S7-S9) was added
+afterwards to check the revision on tasks it had not seen.
 
     PYTHONPATH=src .venv/bin/python benchmarks/rule_study.py collect [--workers 2] [--tasks T1,S2]
-    PYTHONPATH=src .venv/bin/python benchmarks/rule_study.py evaluate [--cut 2.5] [--rules a,b]
+    PYTHONPATH=src .venv/bin/python benchmarks/rule_study.py evaluate [--tasks open|tuning|
+        held-out|fresh|all|T1,S2] [--rules a,b] [--cut 2.5] [--trained] [-v]
     PYTHONPATH=src .venv/bin/python benchmarks/rule_study.py verify --rule auto
+
+`--cut K` re-cuts every curve where its smoothed loss first passes K x its lowest so far (another
+divergence stop than the recorded one); `--trained` reads real runs at a suggestion where
+`verify` made them.
 
 Caches under $LRQ_RESULTS (default /tmp/quality/results): curves/<task>_<seed>.json and
 study_runs.jsonl (one line per training run).
