@@ -24,7 +24,9 @@ gradient, a final loss is not finite, or the final training loss is above the un
         [--tasks fashion-cnn,fashion-mlp,transfer] [--quick] [--threads 1] [--out FILE]
 
 Prints per task the grid and per rule: median suggested lr, median distance in decades from
-the best grid lr, mean and worst regret, diverged runs; then mean regret per rule over tasks.
+the best grid lr, mean and worst regret, range tests whose regret is above 5 points, diverged
+runs; then mean regret per rule over tasks. `auto` on a curve it finds unusable gives no lr
+(counted under "no lr"). benchmarks/rule_study.py is the wider study behind `auto`.
 """
 
 from __future__ import annotations
@@ -282,9 +284,10 @@ def range_test(task: Task, index: int, config: BenchConfig) -> dict[str, Any]:
     suggestions: dict[str, float | None] = {}
     for rule in rules():
         try:
-            suggestions[rule] = result.suggest(rule)
+            lr = result.suggest(rule)
         except suggest.CurveTooShortError:
-            suggestions[rule] = None
+            lr = math.nan
+        suggestions[rule] = lr if math.isfinite(lr) else None  # auto: NaN on an unusable curve
     return {
         "seed": seed,
         "suggestions": suggestions,
@@ -297,8 +300,8 @@ def range_test(task: Task, index: int, config: BenchConfig) -> dict[str, Any]:
 
 
 def rules() -> list[str]:
-    """Every registered rule; 'auto' is one of them under another name (suggest.AUTO_RULE)."""
-    return [name for name in suggest.rule_names() if name != "auto"]
+    """Every registered rule, 'auto' included."""
+    return suggest.rule_names()
 
 
 def measure(task: Task, config: BenchConfig) -> TaskResult:
@@ -357,6 +360,7 @@ def rule_summary(result: TaskResult, rule: str, seeds: int) -> dict[str, Any]:
         ),
         "mean_regret": statistics.fmean(regrets) if regrets else None,
         "worst_regret": max(regrets) if regrets else None,
+        "over_5": sum(r > 5 for r in regrets),
         "regrets": regrets,
         "diverged": sum(run.diverged for run in runs),
         "runs": len(runs),
@@ -366,7 +370,7 @@ def rule_summary(result: TaskResult, rule: str, seeds: int) -> dict[str, Any]:
 
 def rule_label(rule: str) -> str:
     """The rule's name, marked when 'auto' stands for it."""
-    return f"{rule} (auto)" if rule == suggest.AUTO_RULE else rule
+    return f"auto ({suggest.AUTO_RULE})" if rule == "auto" else rule
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -410,7 +414,7 @@ def print_task(result: TaskResult, config: BenchConfig) -> list[dict[str, Any]]:
     print(f"range tests: {len(stops)}, stopped: {', '.join(stops)}")
 
     summaries = [rule_summary(result, rule, seeds) for rule in rules()]
-    rows = [["rule", "median lr", "decades", "mean regret", "worst regret", "diverged"]]
+    rows = [["rule", "median lr", "decades", "mean regret", "worst regret", "> 5", "diverged"]]
     for s in summaries:
         rows.append(
             [
@@ -419,6 +423,7 @@ def print_task(result: TaskResult, config: BenchConfig) -> list[dict[str, Any]]:
                 signed(s["median_decades"]),
                 signed(s["mean_regret"]),
                 signed(s["worst_regret"]),
+                f"{s['over_5']}/{len(s['regrets'])}",
                 f"{s['diverged']}/{s['runs']}" + (f" ({s['no_lr']} no lr)" if s["no_lr"] else ""),
             ]
         )
@@ -430,7 +435,7 @@ def print_task(result: TaskResult, config: BenchConfig) -> list[dict[str, Any]]:
 def print_overall(per_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Mean regret per rule on each task and over all tasks; names the winner."""
     tasks = list(per_task)
-    rows = [["rule", *tasks, "mean", "worst", "diverged"]]
+    rows = [["rule", *tasks, "mean", "worst", "> 5", "diverged"]]
     overall: dict[str, dict[str, Any]] = {}
     for rule in rules():
         cells = [next(s for s in per_task[task] if s["rule"] == rule) for task in tasks]
@@ -441,6 +446,8 @@ def print_overall(per_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "worst_regret": max(worsts) if worsts else None,
             "diverged": sum(c["diverged"] for c in cells),
             "runs": sum(c["runs"] for c in cells),
+            "over_5": sum(c["over_5"] for c in cells),
+            "tests": sum(len(c["regrets"]) for c in cells),
         }
         rows.append(
             [
@@ -448,6 +455,7 @@ def print_overall(per_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 *(signed(c["mean_regret"]) for c in cells),
                 signed(overall[rule]["mean_regret"]),
                 signed(overall[rule]["worst_regret"]),
+                f"{overall[rule]['over_5']}/{overall[rule]['tests']}",
                 f"{overall[rule]['diverged']}/{overall[rule]['runs']}",
             ]
         )
@@ -455,11 +463,11 @@ def print_overall(per_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     print(text_table(rows))
     scored = {r: v["mean_regret"] for r, v in overall.items() if v["mean_regret"] is not None}
     winner = min(scored, key=scored.__getitem__) if scored else None
-    auto = overall.get(suggest.AUTO_RULE, {})
+    auto = overall.get("auto", {})
     if winner is not None:
         print(
             f"lowest mean regret: {winner} ({signed(scored[winner])}, worst "
-            f"{signed(overall[winner]['worst_regret'])}); auto = {suggest.AUTO_RULE}: "
+            f"{signed(overall[winner]['worst_regret'])}); auto: "
             f"{signed(auto.get('mean_regret'))}, worst {signed(auto.get('worst_regret'))}"
         )
     return {"rules": overall, "winner": winner, "auto_rule": suggest.AUTO_RULE}

@@ -152,7 +152,7 @@ def test_ctrl_c_in_the_second_range_test_keeps_the_head_stage(
 
     monkeypatch.setattr(Learner, "lr_find", interrupted_second)
     out = tmp_path / "ft"
-    code, captured = fine_tune([*fashion, "--lr", "auto", "--out", str(out)], capsys)
+    code, captured = fine_tune([*fashion, "--lr", "minimum", "--out", str(out)], capsys)
     assert code == 130
     assert "interrupted (Ctrl-C) during the unfrozen stage" in captured.err.splitlines()[-1]
     saved = json.loads((out / "fine_tune.json").read_text())

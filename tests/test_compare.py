@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from learner_fixtures import clone_state, make_learner
-from lrkit import LRFindResult
+from lrkit import LRFindResult, suggest
 from lrkit.compare import (
     CompareConfig,
     Comparison,
     RuleRun,
+    blew_up,
     compare_rules,
     ended_worse,
     rule_table,
     untrained_loss,
     write_comparison,
 )
+from lrkit.range_test_result import UnusableCurveError
 
 torch.set_num_threads(1)
 
@@ -40,9 +42,21 @@ def test_every_rule_starts_from_the_same_state_and_the_learner_is_left_as_it_was
 
 def test_rules_that_agree_share_one_run():
     learn = make_learner(metrics=[])
-    minimum, auto = compare_rules(learn, CompareConfig(rules=("minimum", "auto"), num_it=30)).runs
-    assert auto.lr == minimum.lr and auto.valid_losses == minimum.valid_losses
-    assert "same lr as minimum" in auto.note
+    suggest.register_rule("tenth_of_lowest", lambda lrs, losses: suggest.lowest(lrs, losses) / 10)
+    try:
+        config = CompareConfig(rules=("minimum", "tenth_of_lowest"), num_it=30)
+        minimum, twin = compare_rules(learn, config).runs
+    finally:
+        del suggest.RULES["tenth_of_lowest"]
+    assert twin.lr == minimum.lr and twin.valid_losses == minimum.valid_losses
+    assert "same lr as minimum" in twin.note
+
+
+def test_a_curve_auto_cannot_read_stops_the_comparison_before_training():
+    learn = make_learner(metrics=[])
+    with pytest.raises(UnusableCurveError, match="too flat"):  # this tiny task's 30-step curve
+        compare_rules(learn, CompareConfig(rules=("minimum", "auto"), num_it=30))
+    assert learn.recorder.log == []
 
 
 def test_metrics_of_the_last_epoch_are_reported():
@@ -76,7 +90,8 @@ def fake_comparison():
         RuleRun("minimum", 0.03, False, 0.4, 0.5, {"error_rate": 0.12}, 1.0, [0.7, 0.5]),
         RuleRun("valley", 0.001, False, 0.9, 0.8, {"error_rate": 0.3}, 1.0, [1.0, 0.8]),
     ]  # fmt: skip
-    return Comparison(range_test, runs, CompareConfig(rules=("lowest", "minimum", "valley")))
+    config = CompareConfig(rules=("lowest", "minimum", "valley"))
+    return Comparison(range_test, runs, config, n_valid=1000)  # 0.12 vs 0.30: a clear winner
 
 
 def test_diverged_runs_are_shown_as_diverged_and_never_best():
@@ -132,3 +147,37 @@ def test_only_a_loss_clearly_above_the_untrained_one_counts_as_worse():
     assert ended_worse(2.5, raw)
     assert not ended_worse(1.2, raw)
     assert ended_worse(2.0001, [2.0])  # one point: no noise to allow for
+
+
+def test_a_difference_within_the_validation_noise_names_no_winner(tmp_path):
+    comparison = fake_comparison()
+    comparison.runs[2] = RuleRun("valley", 0.001, False, 0.9, 0.8, {"error_rate": 0.135}, 1.0)
+    comparison = Comparison(comparison.range_test, comparison.runs, comparison.config, n_valid=74)
+    best, verdict = comparison.winner()  # 9 of 74 wrong against 10 of 74: one image apart
+    assert best is None and verdict.startswith("No clear winner") and "z-test" in verdict
+    assert not any("(best)" in row[0] for row in rule_table(comparison))
+    write_comparison(comparison, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "No clear winner" in md and "Best:" not in md
+    assert json.loads((tmp_path / "comparison.json").read_text())["best_rule"] is None
+    # the same rates on 1000 items are far apart: minimum wins, and the report says so
+    clear = Comparison(comparison.range_test, comparison.runs, comparison.config, n_valid=5000)
+    assert clear.winner()[0].rule == "minimum" and "Best: minimum" in clear.winner()[1]
+
+
+def test_range_test_warnings_come_before_the_table_in_the_report(tmp_path):
+    comparison = fake_comparison()
+    flat = np.full(100, 2.3)
+    range_test = LRFindResult(
+        comparison.range_test.lrs, flat, flat, comparison.range_test.group_lrs, 100, 1e-7, 10.0,
+        "exp", "completed",
+    )  # fmt: skip
+    write_comparison(Comparison(range_test, comparison.runs, comparison.config, 1000), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("too flat") < md.index("| rule |")
+
+
+def test_a_validation_loss_far_above_the_untrained_loss_is_flagged():
+    raw = np.full(100, 3.8)  # the untrained loss, from the range test's first points
+    assert "blew up" in blew_up([3.0, 19.0, 4.0], raw)
+    assert blew_up([3.0, 2.0], raw) is None and blew_up([None], raw) is None

@@ -404,6 +404,9 @@ def test_repeated_range_tests_show_a_spread_and_leave_no_trace(setup, tmp_path):
     assert not np.array_equal(rep.runs[1].raw_losses, rep.runs[2].raw_losses)
     for name, lr in rep.suggestions.items():
         values = [run.suggestions[name] for run in rep.runs]
+        if not np.isfinite(values).all():  # only auto: no lr from a curve it cannot read
+            assert name == "auto" and np.isnan(lr) and any(run.auto_problems() for run in rep.runs)
+            continue
         assert min(values) <= lr <= max(values)
         assert rep.spread[name] == pytest.approx(np.log10(max(values) / min(values)))
     assert "spread" in repr(rep)

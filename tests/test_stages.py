@@ -10,7 +10,8 @@ import torch
 from learner_fixtures import TinyNet, make_dls, three_groups
 from lrkit import suggest
 from lrkit.learner import Learner
-from lrkit.stages import Stage, UntrustedSuggestion, fine_tune_plan, run_stages, stage_lr
+from lrkit.range_test_result import UnusableCurveError
+from lrkit.stages import Stage, fine_tune_plan, run_stages, stage_lr
 
 
 def make_learner() -> Learner:
@@ -46,7 +47,7 @@ def test_a_nan_suggestion_stops_before_training(monkeypatch):
     learn = make_learner()
     before = [p.detach().clone() for p in learn.model.parameters()]
     stages = run_stages(learn, fine_tune_plan(1, "untrusting"), num_it=20, progress=False)
-    with pytest.raises(UntrustedSuggestion, match="pass a learning rate"):
+    with pytest.raises(UnusableCurveError, match="pass a learning rate"):
         next(stages)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
 

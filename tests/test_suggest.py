@@ -81,9 +81,10 @@ def test_mismatched_arrays_are_refused():
         suggest.steep(LRS8, np.ones(7))
 
 
-def test_auto_is_minimum_and_unknown_rule_is_named():
+def test_auto_is_its_own_rule_and_unknown_rule_is_named():
     losses = np.array([3.0, 2.5, 2.0, 1.0, 0.5, 0.7, 2.0, 9.0])
-    assert suggest.suggest(LRS8, losses, "auto") == suggest.minimum(LRS8, losses)
+    assert suggest.get_rule("auto") is suggest.auto
+    assert suggest.suggest(LRS8, losses, "auto") == suggest.auto(LRS8, losses)
     with pytest.raises(ValueError, match="'sharpest'"):
         suggest.get_rule("sharpest")
 

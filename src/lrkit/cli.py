@@ -53,7 +53,11 @@ from lrkit.demo import DemoConfig, run_demo
 from lrkit.export_file import load_learner
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.range_test_result import finite_or_none, json_ready
+from lrkit.range_test_result import (
+    UnusableCurveError,
+    finite_or_none,
+    json_ready,
+)
 from lrkit.report import rich_table
 from lrkit.stages import LR_MULT, Stage
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
@@ -379,7 +383,8 @@ def _suggestion_table(title: str, suggestions: dict[str, float], spread=None) ->
     rows = [["rule", "learning rate", *(["spread (decades)"] if spread is not None else [])]]
     for name, lr in suggestions.items():
         row = [f"auto (= {suggest.AUTO_RULE})" if name == "auto" else name]
-        row.append(f"{lr:.2e}" if math.isfinite(lr) else "n/a (curve too short)")
+        missing = "n/a (see the warnings)" if name == "auto" else "n/a (curve too short)"
+        row.append(f"{lr:.2e}" if math.isfinite(lr) else missing)
         if spread is not None:
             row.append(f"{spread[name]:.2f}")
         rows.append(row)
@@ -536,14 +541,24 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         args.out, ["lr_find.png", "valid_loss.png", "comparison.json", "report.md", "report.html"]
     )
     options, dls, learn = _setup(args, console)
-    comparison = compare_rules(learn, config)
+    try:
+        comparison = compare_rules(learn, config)
+    except UnusableCurveError as error:
+        raise UsageError(
+            f"the range test gives no learning rate to compare the rules at ({error.why}): "
+            "raise --num-it, widen --start-lr/--end-lr, or use more data"
+        ) from None
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
+    for note in comparison.range_test.warnings:
+        console.print(f"[yellow]warning:[/] range test: {note}", highlight=False)
     console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
-    best = comparison.best()
+    best, verdict = comparison.winner()
+    console.print(verdict, highlight=False)
     record = {
         "rows": comparison.rows(),
         "best_rule": best.rule if best else None,
+        "verdict": verdict,
         "suggestions": {k: finite_or_none(v) for k, v in comparison.range_test.suggestions.items()},
         "interrupted": comparison.interrupted,
         **extra,

@@ -22,17 +22,15 @@ from lrkit import cli
 from lrkit.callbacks import CSVLogger
 from lrkit.cli_args import UsageError, check_outputs, non_negative_int, positive_int
 from lrkit.image_learner import VisionLearner
-from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
+from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
 from lrkit.stages import (
     LR_MULT,
     Stage,
     StageResult,
-    UntrustedSuggestion,
     fine_tune_plan,
     run_stages,
 )
-from lrkit.suggest import CurveTooShortError
 
 
 def lr_mult(text: str) -> float:
@@ -100,13 +98,8 @@ def train_in_stages(
             console.print(f"{result.name} stage: {result.epochs} epochs at {describe(result.lr)}")
     except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
         interrupted = f"during the {plan[len(done)].name} stage"
-    except UntrustedSuggestion as error:
+    except UnusableCurveError as error:
         stopped = f"stopped before the {plan[len(done)].name} stage: {error}"
-    except CurveTooShortError:
-        stopped = (
-            f"stopped before the {plan[len(done)].name} stage: the range test's curve is too "
-            f"short for rule {plan[len(done)].lr!r}; raise --num-it, or pass a number as --lr"
-        )
     if learn.interrupted and done:  # the fit ended cleanly at the first Ctrl-C
         interrupted = f"in the {done[-1].name} stage at epoch {learn.epoch}, batch {learn.iter}"
     return done, interrupted, stopped

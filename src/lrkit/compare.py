@@ -25,6 +25,12 @@ from lrkit.report import Report
 from lrkit.snapshot import TrainingSnapshot
 
 DEFAULT_RULES = ("lowest", "minimum", "steep", "valley", "slide", "auto")
+# A rule wins only when its metric is this many standard errors below the next rule's
+# (two-sided 5 % for a two-proportion z-test).
+WIN_Z = 1.96
+SHARE_METRICS = ("error_rate",)  # metrics that are a share of the validation items
+# A run whose validation loss rose above this multiple of the untrained loss blew up.
+BLOW_UP = 2.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Comparison:
     range_test: LRFindResult
     runs: list[RuleRun]
     config: CompareConfig
+    n_valid: int | None = None  # validation items the metric was measured on (for the noise)
 
     @property
     def interrupted(self) -> bool:
@@ -97,6 +104,52 @@ class Comparison:
             if not (run.diverged or run.interrupted) and (score := self._score(run)) is not None
         ]
         return self.runs[min(scored)[1]] if scored else None
+
+    def winner(self) -> tuple[RuleRun | None, str]:
+        """(the best run, or None when no difference beats the noise; one sentence saying so).
+
+        The ranking metric is a share of the n_valid validation items (error rate, accuracy):
+        the best run wins only when a two-proportion z-test puts it more than WIN_Z standard
+        errors below the next rule with another lr. Without n_valid or for another metric
+        there is no noise estimate, so no winner is named.
+        """
+        best = self.best()
+        if best is None:
+            return None, "No run finished without diverging: no winner."
+        metric, p1 = self.config.metric, self._score(best)
+        others = [
+            (score, run.rule)
+            for run in self.runs
+            if run.lr != best.lr
+            and not (run.diverged or run.interrupted)
+            and (score := self._score(run)) is not None
+        ]
+        if not others:
+            return best, f"Best: {best.rule} (lr {best.lr:.2e}), the only run that did not diverge."
+        p2, second = min(others)
+        n = self.n_valid
+        if self.value_is_share() and n:
+            se = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+            z = (p2 - p1) / se if se > 0 else (math.inf if p2 > p1 else 0.0)
+            test = f"two-proportion z-test on {n} validation items, z = {z:.2f}"
+            if z > WIN_Z:
+                return best, (
+                    f"Best: {best.rule} (lr {best.lr:.2e}): its {metric} {p1:.4f} is below the "
+                    f"next rule's ({second}, {p2:.4f}) by more than the validation set's noise "
+                    f"({test} > {WIN_Z})."
+                )
+            return None, (
+                f"No clear winner: {best.rule} ({p1:.4f}) and {second} ({p2:.4f}) differ by "
+                f"less than the validation set's noise ({test} <= {WIN_Z})."
+            )
+        return None, (
+            f"No clear winner named: {best.rule} has the lowest {metric} ({p1:.4g}, next "
+            f"{second} {p2:.4g}), but there is no noise estimate for it."
+        )
+
+    def value_is_share(self) -> bool:
+        """Whether the ranking metric is a share of items (an error rate or an accuracy)."""
+        return self.config.metric in SHARE_METRICS
 
     def _score(self, run: RuleRun) -> float | None:
         value = run.value(self.config.metric)
@@ -124,12 +177,14 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: config, range test, rows and the best rule."""
-        best = self.best()
+        best, verdict = self.winner()
         return {
             "config": asdict(self.config),
             "range_test": self.range_test.to_dict(),
             "rows": self.rows(),
-            "best_rule": best.rule if best else None,
+            "best_rule": best.rule if best else None,  # None: no difference beyond the noise
+            "verdict": verdict,
+            "n_valid": self.n_valid,
             "interrupted": self.interrupted,
         }
 
@@ -142,11 +197,15 @@ def _final(log: list[dict[str, Any]], key: str) -> float | None:
 def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
     """Range-test `learn`, then train it once per rule from its current state. Weights,
     optimizer, random states and data order are put back at the end; the recorder keeps the
-    last run's history. A Ctrl-C that ends a run's fit ends the comparison after that run
-    (`Comparison.interrupted`)."""
+    last run's history. With "auto" among the rules, raises UnusableCurveError before any
+    training when the range test's curve cannot support a learning rate (too flat, too
+    noisy, ...). A Ctrl-C that ends a
+    run's fit ends the comparison after that run (`Comparison.interrupted`)."""
     config = config or CompareConfig()
     config.check()
     range_test = learn.lr_find(start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it)
+    if "auto" in config.rules:  # a curve auto reads no rate from stops here, before training
+        range_test.require("auto")
     start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
     runs: list[RuleRun] = []
     by_lr: dict[float, RuleRun] = {}  # rules that agree on the lr share one run
@@ -167,7 +226,7 @@ def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Compar
                 by_lr[lr] = runs[-1]
     finally:
         start.restore()
-    return Comparison(range_test=range_test, runs=runs, config=config)
+    return Comparison(range_test, runs, config, n_valid=learn.dls.n_valid)
 
 
 def _suggestion(range_test: LRFindResult, rule: str) -> float:
@@ -216,6 +275,22 @@ def divergence(
     return None
 
 
+def blew_up(valid_losses: Sequence[float | None], raw_losses: Sequence[float]) -> str | None:
+    """Why a run's validation loss counts as blown up (above BLOW_UP x the untrained loss at
+    any epoch), or None."""
+    untrained = untrained_loss(raw_losses)[0]
+    seen = [v for v in valid_losses if v is not None and math.isfinite(v)]
+    if not seen or not math.isfinite(untrained) or untrained <= 0:
+        return None
+    worst = max(seen)
+    if worst > BLOW_UP * untrained:
+        return (
+            f"the validation loss reached {worst:.3g}, {worst / untrained:.1f}x the untrained "
+            f"{untrained:.3g}: it blew up"
+        )
+    return None
+
+
 def _train_at_rule(
     learn: Learner, range_test: LRFindResult, rule: str, lr: float, config: CompareConfig
 ) -> RuleRun:
@@ -231,6 +306,7 @@ def _train_at_rule(
     log = learn.recorder.log
     valid_loss, train_loss = _final(log, "valid_loss"), _final(log, "train_loss")
     reason = divergence(learn, train_loss, valid_loss, range_test.raw_losses)
+    reason = reason or blew_up([row.get("valid_loss") for row in log], range_test.raw_losses)
     skip = {"epoch", "train_loss", "valid_loss", "time"}
     metrics = {key: _final(log, key) for key in (log[-1] if log else {}) if key not in skip}
     return RuleRun(
@@ -256,7 +332,7 @@ def rule_table(comparison: Comparison) -> list[list[str]]:
     """The comparison as text cells, header row first; diverged runs say so."""
     metric_names = sorted({name for run in comparison.runs for name in run.metrics})
     table = [["rule", "lr", "train_loss", "valid_loss", *metric_names, "time (s)"]]
-    best = comparison.best()
+    best = comparison.winner()[0]
     for run in comparison.runs:
         name = run.rule + (" (best)" if run is best else "")
         lr = f"{run.lr:.2e}" if math.isfinite(run.lr) else "n/a"
@@ -298,12 +374,10 @@ def write_comparison(
         f"{config.schedule} training per rule, each from the same weights, optimizer state, "
         "random states and data order."
     )
-    report.table(rule_table(comparison))
-    best = comparison.best()
-    if best is not None:
-        report.paragraph(f"Best: {best.rule} (lr {best.lr:.2e}), ranked by {config.metric}.")
     for note in comparison.range_test.warnings:
         report.paragraph(f"Warning about the range test: {note}")
+    report.table(rule_table(comparison))
+    report.paragraph(comparison.winner()[1])
     report.figure(paths["lr_find_plot"], "The range test with every rule's suggestion marked")
     report.figure(paths["valid_loss_plot"], "Validation loss per epoch for each rule")
     report.heading("Settings")

@@ -162,7 +162,7 @@ def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
         metrics=[error_rate],
         **_training_options(config, console),
     )
-    lr = learn.lr_find(num_it=sizes.num_it, progress=False).suggest("auto")
+    lr = learn.lr_find(num_it=sizes.num_it, progress=False).require("auto")
     learn.fit_one_cycle(sizes.pretrain_epochs, lr)
     stop_if_interrupted(learn.interrupted)  # a half-trained body must never be cached
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,14 +204,14 @@ def transfer(
     tag = "sliced" if discriminative else "single"
     frozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
     frozen_test.plot(out / f"transfer_{tag}_lr_find_frozen.png")
-    head_lr = frozen_test.suggest("auto")
+    head_lr = frozen_test.require("auto")
     learn.fit_one_cycle(sizes.head_epochs, head_lr)
     stop_if_interrupted(learn.interrupted)
     head_error = learn.recorder.log[-1].get("error_rate") if learn.recorder.log else None
     learn.unfreeze()
     unfrozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
     unfrozen_test.plot(out / f"transfer_{tag}_lr_find_unfrozen.png")
-    top_lr = min(unfrozen_test.suggest("auto"), head_lr)  # never faster than the head's lr
+    top_lr = min(unfrozen_test.require("auto"), head_lr)  # never faster than the head's lr
     lr = slice(top_lr / 100, top_lr) if discriminative else top_lr
     learn.fit_one_cycle(sizes.unfrozen_epochs, lr)
     stop_if_interrupted(learn.interrupted)

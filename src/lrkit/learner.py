@@ -40,7 +40,7 @@ from lrkit.layer_groups import (
 from lrkit.metrics import Metric, metric_name
 from lrkit.predictor import Prediction, predict
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.schedule import LrSpec, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom, progress
 from lrkit.stages import Stage, fine_tune_plan, run_stages
 from lrkit.step import backward_share, window_size
 from lrkit.summary import summarize
@@ -316,7 +316,7 @@ class Learner:
 
         `base_lr` a rule name ("auto", "valley", ...): a range test before each stage, the head
         at its suggestion hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test
-        (`lrkit.stages.fine_tune_plan`; default one-cycle settings). Raises UntrustedSuggestion
+        (`lrkit.stages.fine_tune_plan`; default one-cycle settings). Raises UnusableCurveError
         (a ValueError) before training at a suggestion that is NaN.
         """
         if isinstance(base_lr, str):
@@ -327,6 +327,7 @@ class Learner:
             for _ in run_stages(self, fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult), fit):
                 pass  # each stage trains as the loop asks for it
             return
+        check_lr(base_lr, "base_lr")  # before freezing: a bad rate changes nothing
         if freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)

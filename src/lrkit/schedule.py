@@ -14,11 +14,16 @@ from numbers import Real
 LrSpec = float | slice | Sequence[float]
 
 
-def _check_lr(value: object, what: str) -> float:
+def check_lr(value: object, what: str) -> float:
     """A learning rate must be a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
     value = float(value)
+    if math.isnan(value):
+        raise ValueError(
+            f"{what} is NaN, as a range test's 'auto' is when its curve cannot give a learning "
+            "rate (its warnings say why): pass a number, or rerun the range test longer"
+        )
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return value
@@ -42,10 +47,10 @@ def group_lrs(lr: LrSpec, n_groups: int) -> list[float]:
             raise ValueError(
                 f"a lr slice needs an upper value, slice(hi) or slice(lo, hi): got {lr!r}"
             )
-        hi = _check_lr(lr.stop, "the slice's upper learning rate")
+        hi = check_lr(lr.stop, "the slice's upper learning rate")
         if lr.start is None:
             return [hi / 10] * (n_groups - 1) + [hi]
-        lo = _check_lr(lr.start, "the slice's lower learning rate")
+        lo = check_lr(lr.start, "the slice's lower learning rate")
         if n_groups == 1:
             return [hi]
         if lo <= 0:
@@ -60,8 +65,8 @@ def group_lrs(lr: LrSpec, n_groups: int) -> list[float]:
                 f"got {len(lr)} learning rates {list(lr)!r} for {n_groups} layer groups; "
                 f"pass one value per group, a float, or a slice"
             )
-        return [_check_lr(value, f"learning rate for group {i}") for i, value in enumerate(lr)]
-    return [_check_lr(lr, "the learning rate")] * n_groups
+        return [check_lr(value, f"learning rate for group {i}") for i, value in enumerate(lr)]
+    return [check_lr(lr, "the learning rate")] * n_groups
 
 
 def cos_anneal(start: float, end: float, pct: float) -> float:

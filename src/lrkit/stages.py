@@ -8,12 +8,11 @@ body frozen, then everything with discriminative rates. `lrkit fine-tune` and `l
 --freeze-epochs` both run these stages.
 
 A suggestion that is not a positive finite number (a rule may answer NaN for a curve it cannot
-trust) stops the stages with `UntrustedSuggestion` before anything trains at it.
+trust) stops the stages with `UnusableCurveError` before anything trains at it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,10 +24,6 @@ if TYPE_CHECKING:
     from lrkit.learner import Learner
 
 LR_MULT = 100.0  # fine_tune's ratio between the last layer group's rate and the first's
-
-
-class UntrustedSuggestion(ValueError):
-    """A rule's suggestion is not a positive finite learning rate; nothing was trained at it."""
 
 
 @dataclass(frozen=True)
@@ -106,18 +101,13 @@ def stage_lr(
     """The rate a stage trains at: `lr` itself, or, for a rule name, its suggestion from a range
     test on `learn` as it is now (`range_test` goes to `learn.lr_find`), spread with `lr_mult`.
 
-    Raises UntrustedSuggestion when the suggestion is NaN, infinite or not positive, and
-    CurveTooShortError when the curve is too short for the rule.
+    Raises UnusableCurveError (one line: why, and what to do) when the curve gives no rate for
+    the rule (NaN, too short, ...), before anything trains.
     """
     if not isinstance(lr, str):
         return lr, None
     found = learn.lr_find(**range_test)
-    hi = found.suggest(lr)
-    if not (math.isfinite(hi) and hi > 0):
-        raise UntrustedSuggestion(
-            f"the range test gives no learning rate to trust for rule {lr!r} (it suggests {hi}); "
-            "pass a learning rate (a number) instead"
-        )
+    hi = found.require(lr)
     return (slice(hi / lr_mult, hi) if lr_mult else hi), found
 
 
