@@ -98,3 +98,62 @@ def test_the_rule_sees_only_the_shape_of_the_curve():
             plain = has_diverged(raw[:n], losses[:n], 4.0)
             assert has_diverged(raw[:n] - 50.0, losses[:n] - 50.0, 4.0) == plain
             assert has_diverged(raw[:n] * 1000.0, losses[:n] * 1000.0, 4.0) == plain
+
+
+def easy_and_hard_batches(seed: int, p_hard: float, hard: float, spread: float) -> np.ndarray:
+    """A trendless curve: most batches 0.1 +- spread, a fraction `p_hard` offset by `hard`."""
+    rng = np.random.default_rng(seed)
+    return 0.1 + spread * rng.standard_normal(100) + np.where(rng.random(100) < p_hard, hard, 0.0)
+
+
+@pytest.mark.parametrize(
+    "p_hard, hard, spread", [(0.1, 2.9, 0.0), (0.03, 4.8, 0.0), (0.1, 3.0, 0.02), (0.2, 2.0, 0.02)]
+)
+def test_a_few_hard_batches_on_a_flat_curve_never_stop_the_test(p_hard, hard, spread):
+    """Outside testing: with the noise taken from step-to-step changes (near 0 when most batches
+    are alike) 106, 174, 70 and 14 of 200 such curves stopped as diverged."""
+    stops = [first_stop(easy_and_hard_batches(seed, p_hard, hard, spread)) for seed in range(200)]
+    assert [stop for stop in stops if stop is not None] == []
+
+
+def test_first_points_lower_than_the_rest_do_not_stop_the_test():
+    rng = np.random.default_rng(0)
+    down = 2.3 - 1.8 * (1 - np.exp(-np.arange(60) / 15)) + 0.02 * rng.standard_normal(60)
+    assert first_stop(np.concatenate([[0.1, 0.1, 0.1], down])) is None  # stopped at 11
+
+
+def test_spikes_at_the_start_do_not_delay_the_stop_of_a_blow_up():
+    """Three huge first batches set the old rule's "fall": a x1.2/step blow-up from 0.5 stopped
+    only at a raw loss of 1700."""
+    rng = np.random.default_rng(0)
+    down = 2.3 - 1.8 * (1 - np.exp(-np.arange(60) / 15)) + 0.02 * rng.standard_normal(60)
+    raw = np.concatenate([[50.0, 80.0, 60.0], down, down[-1] * 1.2 ** np.arange(1, 200)])
+    assert first_stop(raw[:63]) is None
+    stop = first_stop(raw)
+    assert stop is not None and raw[stop - 1] < 300
+
+
+def test_a_flat_range_test_with_hard_batches_runs_to_the_end():
+    """A real range test at lrs that change nothing (1e-9..1e-8), ~10% of batches hard."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        hard = (torch.rand(100, generator=g) < 0.1).float()
+        batches = [
+            (torch.randn(16, 4, generator=g), 3.0 * h + 0.05 * torch.randn(16, generator=g))
+            for h in hard
+        ]
+        model = nn.Linear(4, 1)
+        nn.init.zeros_(model.weight)
+        nn.init.zeros_(model.bias)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+        result = lrkit.lr_find(
+            model,
+            batches,
+            lambda out, target: ((out.squeeze(1) - target) ** 2).mean(),
+            optimizer,
+            start_lr=1e-9,
+            end_lr=1e-8,
+            num_it=100,
+            progress=False,
+        )
+        assert (result.stop_reason, len(result.losses)) == ("completed", 100), seed

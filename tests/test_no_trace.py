@@ -295,3 +295,62 @@ def test_the_image_loaders_worker_generator_is_restored(tmp_path):
     lrkit.lr_find(model, train, F.cross_entropy, num_it=10, progress=False)
     assert torch.equal(train.worker_generator.get_state(), state)
     assert train.loader._iterator is None  # the workers the test opened are gone
+
+
+class OwnRngSampler:
+    """A sampler (or, with `batch`, a batch sampler) drawing its order from an RNG of its own,
+    held under an attribute name lrkit cannot guess; it need not subclass Sampler."""
+
+    def __init__(self, kind: str, n: int = 24, batch: bool = False) -> None:
+        self.n, self.batch = n, batch
+        self.order_rng = {
+            "numpy_generator": lambda: np.random.default_rng(0),
+            "numpy_random_state": lambda: np.random.RandomState(0),
+            "torch_generator": lambda: torch.Generator().manual_seed(0),
+            "python_random": lambda: random.Random(0),
+        }[kind]()
+
+    def __len__(self) -> int:
+        return self.n // 8 if self.batch else self.n
+
+    def __iter__(self):
+        rng = self.order_rng
+        if isinstance(rng, torch.Generator):
+            order = torch.randperm(self.n, generator=rng).tolist()
+        elif isinstance(rng, random.Random):
+            order = list(range(self.n))
+            rng.shuffle(order)
+        else:
+            order = rng.permutation(self.n).tolist()
+        return iter([order[i : i + 8] for i in range(0, self.n, 8)] if self.batch else order)
+
+
+@pytest.mark.parametrize(
+    "kind, batch",
+    [
+        ("numpy_generator", False),
+        ("numpy_random_state", False),
+        ("torch_generator", False),
+        ("python_random", True),
+    ],
+)
+def test_a_samplers_own_rng_is_restored(kind: str, batch: bool) -> None:
+    """Outside testing: a sampler with a numpy default_rng, one with a torch.Generator not
+    named `generator`, and a batch sampler with a random.Random: the next epoch differed."""
+
+    def second_epoch(range_test: bool) -> list:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sampler = OwnRngSampler(kind, batch=batch)
+        if batch:
+            loader = DataLoader(NoisyItems(), batch_sampler=sampler)
+        else:
+            loader = DataLoader(NoisyItems(), batch_size=8, sampler=sampler)
+        train_epoch(model, opt, None, loader)
+        if range_test:
+            lrkit.lr_find(model, loader, F.cross_entropy, opt, num_it=10, progress=False)
+        return train_epoch(model, opt, None, loader)
+
+    assert_identical(second_epoch(False), second_epoch(True), "next epoch's batches")

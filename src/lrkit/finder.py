@@ -86,34 +86,47 @@ def sweep_lr(step: int, config: RangeTestConfig) -> float:
     return config.start_lr + (config.end_lr - config.start_lr) * progress
 
 
-MIN_POINTS_TO_DIVERGE = 6  # the noise is estimated from at least 5 step-to-step changes
+MIN_POINTS_TO_DIVERGE = 6  # the smoothed loss of fewer points is a mean of a handful of batches
+START_POINTS = 10  # the curve's start level is the median of its first raw losses
+SUSTAINED_POINTS = 8  # a blow-up: this many latest raw losses all lie above the bar
 
 
 def has_diverged(raw_losses: Sequence[float], losses: Sequence[float], div_thresh: float) -> bool:
-    """Whether the curve so far has blown up: its last smoothed loss lies more than
-    (div_thresh - 1) x scale above the best smoothed loss.
+    """Whether the curve so far has blown up: its last smoothed loss, and each of its last
+    `SUSTAINED_POINTS` raw losses, lie more than (div_thresh - 1) x scale above the best
+    smoothed loss.
 
     `raw_losses` and `losses` (smoothed) are the curve so far, same length, in loss units.
-    scale = max(fall, noise): fall is how far the smoothed curve came down to its best (from
-    its highest point before the best), noise the batch-to-batch spread of the raw loss (the
-    90th percentile of its step-to-step changes: robust to a few outlier batches, and to the
-    blow-up itself while that is short). Both are differences, so adding a constant to the
-    loss changes nothing (a loss near or below zero stops where the same loss shifted up
-    would), and scaling the loss scales both sides alike. Start-of-curve noise stays below
-    the bar, and nothing stops before `MIN_POINTS_TO_DIVERGE` points: the noise needs a few
-    changes to be measured. A curve that falls from 2.3 to 0.5 stops, with div_thresh 4,
-    once it climbs past 0.5 + 3 x 1.8; one that stays flat with batch noise of standard
-    deviation s, once it rises about 7 s.
+    best: the lowest smoothed loss from point `MIN_POINTS_TO_DIVERGE` on (the smoothing's
+    warm-up, a mean of a few batches, is not a level to compare with: first points lower than
+    the rest never stop the test). scale = max(fall, noise): fall is how far the smoothed
+    curve came down to its best from the start level, the median of the first `START_POINTS`
+    raw losses (a few spikes at the start move it little); noise is the standard deviation of
+    the raw losses around the smoothed curve, over the points before the latest run of raw
+    losses above the best (so the blow-up itself is not counted as noise, while a few hard
+    batches among many easy ones are). A hard batch is one raw loss: the bar asks for a
+    sustained rise, so isolated hard batches never stop a flat curve. Every term is a
+    difference of losses, so adding a constant to the loss changes nothing (a loss near or
+    below zero stops where the same loss shifted up would), and scaling the loss scales both
+    sides alike. Nothing stops before `MIN_POINTS_TO_DIVERGE` points. A curve that falls from
+    2.3 to 0.5 stops, with div_thresh 4, once its smoothed loss climbs past 0.5 + 3 x 1.8; an
+    exponential rise stops `SUSTAINED_POINTS` to ~15 points after it starts.
     """
-    if len(losses) < MIN_POINTS_TO_DIVERGE:
+    n = len(losses)
+    if n < MIN_POINTS_TO_DIVERGE:
         return False
+    raw = np.asarray(raw_losses, dtype=np.float64)
     smoothed = np.asarray(losses, dtype=np.float64)
-    best_at = int(np.argmin(smoothed))
-    best = smoothed[best_at]
-    fall = smoothed[: best_at + 1].max() - best
-    changes = np.abs(np.diff(np.asarray(raw_losses, dtype=np.float64)))
-    noise = float(np.quantile(changes, 0.9))
-    return bool(smoothed[-1] - best > (div_thresh - 1) * max(fall, noise))
+    best = float(smoothed[MIN_POINTS_TO_DIVERGE - 1 :].min())
+    fall = max(float(np.median(raw[:START_POINTS])) - best, 0.0)
+    at_or_below = np.flatnonzero(raw <= best)
+    run = n - (int(at_or_below[-1]) + 1) if len(at_or_below) else n  # latest raw losses > best
+    if run < SUSTAINED_POINTS or run == n:
+        return False
+    residuals = raw[: n - run] - smoothed[: n - run]
+    noise = float(np.std(residuals))
+    bar = best + (div_thresh - 1) * max(fall, noise)
+    return bool(smoothed[-1] > bar and raw[-SUSTAINED_POINTS:].min() > bar)
 
 
 def cycle(loader: Iterable, name: str) -> Iterator[Any]:

@@ -14,13 +14,16 @@ from torch import nn
 
 Splitter = Callable[[nn.Module], Iterable[Iterable[nn.Parameter] | nn.Module]]
 
-# Normalisation layers whose affine parameters stay trainable in frozen groups (train_bn=True).
-BN_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-)
+# Normalisation layers whose affine parameters stay trainable in frozen groups (train_bn=True):
+# BatchNorm1d/2d/3d, their Lazy forms and SyncBatchNorm (all subclass torch's _BatchNorm).
+BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    """Whether `module` keeps running statistics that training updates: every BatchNorm,
+    SyncBatchNorm and LazyBatchNorm, and InstanceNorm with track_running_stats=True (torch's
+    _NormBase subclasses that track them)."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) and bool(module.track_running_stats)
 
 
 def one_group(model: nn.Module) -> list[list[nn.Parameter]]:
@@ -95,12 +98,32 @@ def bn_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def norm_layers_within(model: nn.Module, param_ids: set[int]) -> list[nn.Module]:
-    """The BatchNorm layers all of whose parameters are among `param_ids` (layers without
-    parameters, affine=False, are never counted: no group holds them)."""
-    layers = []
+    """The layers with running statistics (see `has_running_stats`) that belong to the
+    parameters `param_ids`, in `model.modules()` order.
+
+    A layer with parameters belongs where all of them are. A layer without any (BatchNorm
+    with affine=False, InstanceNorm without affine) belongs with the nearest module before it
+    in `model.modules()` order that has parameters of its own: the module containing it or
+    the layer it normalises, e.g. the conv before it; with none before it, the first after it.
+    """
+    layers: list[nn.Module] = []
+    owner: nn.Parameter | None = None  # a parameter of the latest module that has some
+    waiting: list[nn.Module] = []  # parameter-less layers before any module with parameters
     for module in model.modules():
         params = list(module.parameters(recurse=False))
-        if isinstance(module, BN_TYPES) and params and all(id(p) in param_ids for p in params):
+        if params and owner is None:
+            layers += [layer for layer in waiting if id(params[0]) in param_ids]
+            waiting = []
+        if params:
+            owner = params[0]
+        if not has_running_stats(module):
+            continue
+        if params:
+            if all(id(p) in param_ids for p in params):
+                layers.append(module)
+        elif owner is None:
+            waiting.append(module)
+        elif id(owner) in param_ids:
             layers.append(module)
     return layers
 

@@ -246,9 +246,14 @@ class Learner:
 
         With train_bn=True (the default) the BatchNorm layers of the frozen groups keep
         training: their affine parameters stay trainable and their running statistics follow
-        the data. With train_bn=False they are frozen whole: no gradient, and eval mode while
-        frozen (also after the model.train() each epoch makes), so their running statistics
-        stay as they are. `unfreeze()` gives them back the model's mode.
+        the data. With train_bn=False every normalisation layer with running statistics in a
+        frozen group (BatchNorm, SyncBatchNorm, LazyBatchNorm, InstanceNorm with
+        track_running_stats) is frozen whole: no gradient, and eval mode while frozen (also
+        after the model.train() each epoch makes), so its running statistics stay as they are.
+        A layer without parameters (affine=False) belongs to the group of the nearest module
+        before it, in `model.modules()` order, that has parameters: the module containing it
+        or the layer it follows (see `lrkit.layer_groups.norm_layers_within`). `unfreeze()`
+        gives them back the model's mode.
         """
         self.freeze_to(-1)
 
@@ -266,7 +271,7 @@ class Learner:
         return self.n_groups
 
     def _train_mode(self, model: nn.Module) -> None:
-        """`model.train()`, but the BatchNorm layers frozen with train_bn=False stay in eval."""
+        """`model.train()`, but the norm layers frozen with train_bn=False stay in eval."""
         model.train()
         for layer in self._frozen_bn:
             layer.eval()

@@ -2,8 +2,9 @@
 
 The range test trains for real, so before it starts we copy: parameters, buffers and
 gradients; `requires_grad` flags and train/eval modes; the optimizer's state and
-hyper-parameters; the torch, CUDA, numpy and Python RNG states; the torch.Generators of
-the data loaders (which fix the next shuffle); and the live iterators of loaders with
+hyper-parameters; the torch, CUDA, numpy and Python RNG states; the random generators the
+data loaders, their samplers and datasets hold (torch, numpy or Python ones, which fix the
+next shuffle; see `loader_rngs`); and the live iterators of loaders with
 persistent workers, set aside so that their workers serve no batch meanwhile. Tensors go to
 CPU memory by default (never a second GPU copy) or, for models that do not fit twice in RAM,
 to one temporary file outside the working directory that is memory-mapped back on restore.
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def torch_loaders(loader: Any) -> list[DataLoader]:
@@ -35,43 +36,86 @@ def torch_loaders(loader: Any) -> list[DataLoader]:
     return [value for value in inner if isinstance(value, DataLoader)]
 
 
-def loader_generators(loader: Any) -> list[torch.Generator]:
-    """Every torch.Generator a loader draws from, deduplicated: the shuffle order and worker
-    seeds (`generator`), a sampler's or batch sampler's own, and a wrapper's `worker_generator`
-    (the image BatchLoader's), also for the DataLoaders a wrapper holds."""
-    owners: list[Any] = []
-    for each in [loader, *(inner for inner in torch_loaders(loader) if inner is not loader)]:
-        batch_sampler = getattr(each, "batch_sampler", None)
-        owners += [each, getattr(each, "sampler", None), batch_sampler]
-        owners.append(getattr(batch_sampler, "sampler", None))
-    found: dict[int, torch.Generator] = {}
-    for owner in owners:
-        for name in ("generator", "worker_generator"):
-            generator = getattr(owner, name, None)
-            if isinstance(generator, torch.Generator):
-                found.setdefault(id(generator), generator)
+RNG_TYPES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
+
+
+def loader_rngs(loader: Any) -> list[Any]:
+    """Every random generator a loader draws from, deduplicated: torch.Generator, numpy
+    Generator / RandomState and random.Random objects held as attributes of the loader, of
+    the DataLoaders a wrapper holds, of their dataset, sampler and batch sampler, and of the
+    samplers those hold (`batch_sampler.sampler`, a sampler wrapping another, at any depth).
+    Each holder is scanned one level deep (`vars()`): an RNG kept inside some other object
+    (a list, a custom helper) is not seen, and a sampler whose order depends on such state
+    is not restored by the range test."""
+    holders: list[Any] = [loader, *torch_loaders(loader)]
+    found: dict[int, Any] = {}
+    seen: set[int] = set()
+    while holders:
+        holder = holders.pop(0)
+        if holder is None or id(holder) in seen or not hasattr(holder, "__dict__"):
+            continue
+        seen.add(id(holder))
+        for value in vars(holder).values():
+            if isinstance(value, RNG_TYPES):
+                found.setdefault(id(value), value)
+            elif isinstance(value, (Sampler, Dataset)) or (
+                isinstance(holder, DataLoader)
+                and any(value is getattr(holder, name) for name in ("sampler", "batch_sampler"))
+            ):  # a custom (batch) sampler need not subclass Sampler
+                holders.append(value)
     return list(found.values())
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch.Generators among `loader_rngs(loader)`: the shuffle order and worker seeds
+    (`generator`), a sampler's own, and a wrapper's `worker_generator` (the image
+    BatchLoader's)."""
+    return [rng for rng in loader_rngs(loader) if isinstance(rng, torch.Generator)]
+
+
+def rng_state(rng: Any) -> Any:
+    """A copy of the state of one of `RNG_TYPES`."""
+    if isinstance(rng, torch.Generator):
+        return rng.get_state()
+    if isinstance(rng, np.random.Generator):
+        return copy.deepcopy(rng.bit_generator.state)
+    if isinstance(rng, np.random.RandomState):
+        return rng.get_state()
+    return rng.getstate()
+
+
+def set_rng_state(rng: Any, state: Any) -> None:
+    """Put back a state taken by `rng_state`."""
+    if isinstance(rng, torch.Generator):
+        rng.set_state(state)
+    elif isinstance(rng, np.random.Generator):
+        rng.bit_generator.state = state
+    elif isinstance(rng, np.random.RandomState):
+        rng.set_state(state)
+    else:
+        rng.setstate(state)
 
 
 @dataclass
 class RandomStates:
-    """The torch, CUDA, numpy and Python RNG states and those of the given torch.Generators."""
+    """The torch, CUDA, numpy and Python RNG states and those of the given generators (any of
+    `RNG_TYPES`)."""
 
     torch_cpu: torch.Tensor
     torch_cuda: list[torch.Tensor] | None
     numpy: Any
     python: Any
-    generators: list[tuple[torch.Generator, torch.Tensor]]
+    generators: list[tuple[Any, Any]]
 
     @classmethod
-    def capture(cls, generators: Iterable[torch.Generator]) -> RandomStates:
+    def capture(cls, generators: Iterable[Any]) -> RandomStates:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         return cls(
             torch_cpu=torch.get_rng_state(),
             torch_cuda=cuda,
             numpy=np.random.get_state(),
             python=random.getstate(),
-            generators=[(g, g.get_state()) for g in generators],
+            generators=[(g, rng_state(g)) for g in generators],
         )
 
     def restore(self) -> None:
@@ -81,14 +125,14 @@ class RandomStates:
         np.random.set_state(self.numpy)
         random.setstate(self.python)
         for generator, state in self.generators:
-            generator.set_state(state)
+            set_rng_state(generator, state)
 
 
 @dataclass
 class LoaderStates:
     """Everything iterating some loaders changes, and how to put it back.
 
-    The RNGs (global ones and every loader generator; see `loader_generators`) and the live
+    The RNGs (global ones and every loader generator; see `loader_rngs`) and the live
     iterator of each DataLoader with persistent workers. That iterator is set aside at capture:
     its worker processes keep RNG states of their own (augmentation drawn in `__getitem__`)
     that no snapshot can reach, so they must not serve any batch in between. Iterating the
@@ -101,12 +145,12 @@ class LoaderStates:
 
     @classmethod
     def capture(cls, loaders: Iterable[Any]) -> LoaderStates:
-        generators: dict[int, torch.Generator] = {}
+        generators: dict[int, Any] = {}
         persistent: dict[int, DataLoader] = {}
         for loader in loaders:
             if loader is None:
                 continue
-            for generator in loader_generators(loader):
+            for generator in loader_rngs(loader):
                 generators.setdefault(id(generator), generator)
             for inner in torch_loaders(loader):
                 if inner.persistent_workers:
