@@ -32,18 +32,20 @@ from lrkit import suggest
 from lrkit.callbacks import ProgressCallback
 from lrkit.checkpoint import load_learner
 from lrkit.cli_args import (
+    DIV_THRESH,
+    EPOCHS,
+    HEAD_EPOCHS,
+    LEARNING_RATE,
+    REPEATS,
     ArgumentError,
     Parser,
     UsageError,
-    above_one,
     add_common,
     add_data,
     add_model,
     add_range_test,
     check_outputs,
-    non_negative_int,
     option_names,
-    positive_int,
     speak_flags,
 )
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
@@ -245,12 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
     find.add_argument(
         "--div-thresh",
-        type=above_one,
+        type=DIV_THRESH,
         default=4.0,
         help="stop when the loss rises (x - 1) times its fall (or its noise) above the best",
     )
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
-    find.add_argument("--repeats", type=positive_int, default=1, help="runs on other data orders")
+    find.add_argument("--repeats", type=REPEATS, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)
 
     train = command(
@@ -263,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(train)
     add_model(train)
     add_range_test(train)
-    train.add_argument("--epochs", type=positive_int, default=1)
+    train.add_argument("--epochs", type=EPOCHS, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
     train.add_argument(
-        "--freeze-epochs", type=non_negative_int, default=0, help="head-only epochs first"
+        "--freeze-epochs", type=HEAD_EPOCHS, default=0, help="head-only epochs first"
     )
     train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     train.add_argument(
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(compare)
     add_range_test(compare)
     compare.add_argument("--rules", default=",".join(suggest.rule_names()), help="comma list")
-    compare.add_argument("--epochs", type=positive_int, default=2)
+    compare.add_argument("--epochs", type=EPOCHS, default=2)
     compare.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     compare.set_defaults(run=run_compare)
 
@@ -434,20 +436,20 @@ def parse_lr(text: str) -> float | slice | str:
     """'3e-3' -> 0.003; '1e-5:1e-3' -> slice(1e-5, 1e-3); a rule name stays a string."""
     if text in suggest.rule_names():
         return text
-    try:
-        if ":" in text:
-            low, high = (float(part) for part in text.split(":"))
-            if not 0 < low <= high:
-                raise UsageError(f"--lr {text}: LO:HI needs 0 < LO <= HI")
-            return slice(low, high)
-        value = float(text)
-    except ValueError:
+    parts = text.split(":")
+    if len(parts) > 2 or not all(re.fullmatch(r"[0-9.eE+-]+", part) for part in parts):
         raise UsageError(
             f"--lr {text!r} is not a number, LO:HI, or a rule ({', '.join(suggest.rule_names())})"
-        ) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"--lr must be a positive number, got {text}")
-    return value
+        )
+    try:
+        rates = [LEARNING_RATE(part) for part in parts]
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--lr {error}") from None
+    if len(rates) == 1:
+        return rates[0]
+    if not rates[0] <= rates[1]:
+        raise UsageError(f"--lr {text}: LO:HI needs LO <= HI")
+    return slice(rates[0], rates[1])
 
 
 def _describe(lr: float | slice) -> str | list[float]:

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from lrkit import cli
 from lrkit.callbacks import CSVLogger
-from lrkit.cli_args import UsageError, check_outputs, non_negative_int, positive_int
+from lrkit.cli_args import EPOCHS, HEAD_EPOCHS, LR_MULTIPLIER, UsageError, check_outputs
 from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
@@ -34,23 +34,14 @@ from lrkit.stages import (
 )
 from lrkit.suggest import CurveTooShortError
 
-
-def lr_mult(text: str) -> float:
-    """--lr-mult: a number >= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 1 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}")
-    return value
+lr_mult = LR_MULTIPLIER  # --lr-mult's type, for train too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lrkit fine-tune` beyond data, model and range test."""
-    parser.add_argument("--epochs", type=positive_int, default=1, help="epochs after unfreezing")
+    parser.add_argument("--epochs", type=EPOCHS, default=1, help="epochs after unfreezing")
     parser.add_argument(
-        "--freeze-epochs", type=non_negative_int, default=1, help="head-only epochs first"
+        "--freeze-epochs", type=HEAD_EPOCHS, default=1, help="head-only epochs first"
     )
     parser.add_argument("--lr", default="auto", help="a rule name (auto, minimum, ...) or a number")
     parser.add_argument(
