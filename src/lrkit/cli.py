@@ -45,6 +45,7 @@ from lrkit.cli_args import (
     add_model,
     add_range_test,
     check_outputs,
+    not_a_file,
     option_names,
     speak_flags,
 )
@@ -585,17 +586,22 @@ def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit predict MODEL FILES...`: one label (or label set) per image file. A file that
     cannot be read is named on stderr (and in --json as an error entry); the others are still
     predicted, and the exit code is then 1."""
-    if not Path(args.model).is_file():
-        raise UsageError(f"model file {args.model} does not exist; export one with lrkit train")
+    instead = not_a_file(args.model)
+    if instead is not None:
+        what = "" if instead == "does not exist" else ", not a model file"
+        raise UsageError(f"model file {args.model} {instead}{what}; export one with lrkit train")
     predictor = load_learner(args.model, trust_pickle=args.trust_pickle)
     rows, failed = [], []
     for name in args.files:
         try:
-            if not Path(name).is_file():
-                raise FileNotFoundError("no such file")
+            instead = not_a_file(name)
+            if instead is not None:
+                what = "" if instead == "does not exist" else ", not an image file"
+                raise FileNotFoundError(f"{instead}{what}")
             prediction = predictor.predict(name)
         except IMAGE_ERRORS as error:
             reason = " ".join(str(error).split()) or type(error).__name__
+            reason = reason.removeprefix(f"{name}: ")  # the line names the file once
             print(f"lrkit predict: error: {name}: {reason}", file=sys.stderr)
             rows.append({"file": name, "error": reason})
             failed.append(name)

@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,3 +230,26 @@ def check_outputs(folder: Path, files: Sequence[str], folders: Sequence[str] = (
                 f"--out {folder} holds a file named {name}, where lrkit writes a folder; move "
                 "it away or choose another --out"
             )
+
+
+def not_a_file(path: str | Path) -> str | None:
+    """None when `path` is a regular file (or a link to one); otherwise what it is instead, as
+    words that follow the path in an error: 'does not exist', 'is a directory', 'is a named pipe
+    (FIFO)', 'is a socket', 'is a device', 'is a link to a missing file'."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a link to a missing file" if os.path.islink(path) else "does not exist"
+    except NotADirectoryError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "is a socket"
+    return "is a device"
