@@ -54,9 +54,10 @@ from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, run_demo
+from lrkit.finder import RangeTestInterrupted
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.range_test_result import finite_or_none, json_ready
+from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.stages import LR_MULT, Stage
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
@@ -402,8 +403,27 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "use_valid": args.val,
         "progress": console.is_terminal,
     }
+    try:
+        if args.repeats > 1:
+            found = learn.lr_find_repeated(repeats=args.repeats, **settings)
+        else:
+            found = learn.lr_find(**settings)
+    except RangeTestInterrupted as stop:  # keep the curve so far, marked
+        found = stop.partial
+        record = {**found.to_dict(), "interrupted": True}
+        written = [args.out / "lr_find.json"]
+        if plot_partial_curve(found, args.out / "lr_find.png"):
+            written.insert(0, args.out / "lr_find.png")
+        record["data"] = data_summary(options, dls)
+        record["versions"] = versions()
+        (args.out / "lr_find.json").write_text(json.dumps(json_ready(record), indent=2))
+        raise Unfinished(
+            f"interrupted (Ctrl-C) after {len(found.lrs)} of {args.num_it} range-test steps; "
+            f"wrote {' and '.join(map(str, written))}",
+            record,
+            EXIT_INTERRUPTED,
+        ) from None
     if args.repeats > 1:
-        found = learn.lr_find_repeated(repeats=args.repeats, **settings)
         first = found.runs[0]
         record = {
             **first.to_dict(),
@@ -416,7 +436,6 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             f"median suggestions of {args.repeats} runs", found.suggestions, found.spread
         )
     else:
-        found = learn.lr_find(**settings)
         record = found.to_dict()
         table = _suggestion_table(
             f"suggestions ({found.stop_reason} after {len(found.lrs)} steps)", found.suggestions
@@ -431,6 +450,35 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"wrote {args.out / 'lr_find.png'} and {args.out / 'lr_find.json'}")
     return record
+
+
+def plot_partial_curve(found: LRFindResult, path: Path) -> bool:
+    """Plot an interrupted range test's curve to `path` when it has points to draw (2 or more);
+    returns whether it was written."""
+    if len(found.lrs) < 2:
+        return False
+    found.plot(path)
+    return True
+
+
+def written_list(out: Path, model_path: Path, plots: list[str], record_name: str) -> str:
+    """What a training command wrote, for its last line: only the files that exist."""
+    names = ["metrics.csv", *plots, *sorted(p.name for p in out.glob("lr_find_*.png"))]
+    names = [name for name in names if (out / name).is_file()]
+    return ", ".join([str(model_path), *names, record_name])
+
+
+def write_training_plots(learn: VisionLearner, out: Path) -> list[str]:
+    """losses.png and schedule.png of what was trained (none before the first batch, as after
+    Ctrl-C in the first range test); returns the names written."""
+    written = []
+    if getattr(learn.recorder, "losses", None):
+        learn.recorder.plot_losses(out / "losses.png")
+        written.append("losses.png")
+    if getattr(learn.recorder, "lrs", None):
+        learn.recorder.plot_schedule(out / "schedule.png")
+        written.append("schedule.png")
+    return written
 
 
 def parse_lr(text: str) -> float | slice | str:
@@ -490,9 +538,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for result in done
     ]
 
-    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
-        learn.recorder.plot_losses(args.out / "losses.png")
-        learn.recorder.plot_schedule(args.out / "schedule.png")
+    plots = write_training_plots(learn, args.out)
     model_path = learn.export(args.out / "model.lrk")
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
@@ -509,7 +555,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": versions(),
     }
     (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, train.json"
+    written = written_list(args.out, model_path, plots, "train.json")
     if interrupted:
         raise Unfinished(
             f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
@@ -539,7 +585,29 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         args.out, ["lr_find.png", "valid_loss.png", "comparison.json", "report.md", "report.html"]
     )
     options, dls, learn = _setup(args, console)
-    comparison = compare_rules(learn, config)
+    try:
+        comparison = compare_rules(learn, config)
+    except RangeTestInterrupted as stop:  # before any rule trained: the curve so far, marked
+        record = {
+            "rows": [],
+            "best_rule": None,
+            "interrupted": True,
+            "range_test": stop.partial.to_dict(),
+            "data": data_summary(options, dls),
+            "seed": args.seed,
+            "versions": versions(),
+        }
+        written = [args.out / "comparison.json"]
+        if plot_partial_curve(stop.partial, args.out / "lr_find.png"):
+            written.insert(0, args.out / "lr_find.png")
+        (args.out / "comparison.json").write_text(json.dumps(json_ready(record), indent=2))
+        raise Unfinished(
+            f"interrupted (Ctrl-C) in the range test, after {len(stop.partial.lrs)} of "
+            f"{args.num_it} steps, before any rule trained; wrote "
+            f"{' and '.join(map(str, written))}",
+            record,
+            EXIT_INTERRUPTED,
+        ) from None
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
     console.print(rich_table(rule_table(comparison), "one run per rule, same start"))
@@ -656,7 +724,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(json_ready(stop.record), default=str, allow_nan=False))
         print(f"lrkit {args.command}: {stop}", file=sys.stderr)
         return stop.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the command had anything to write
+        if args.json:
+            print(json.dumps({"command": args.command, "interrupted": True}))
         print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:

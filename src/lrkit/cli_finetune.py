@@ -21,6 +21,7 @@ from rich.console import Console
 from lrkit import cli
 from lrkit.callbacks import CSVLogger
 from lrkit.cli_args import EPOCHS, HEAD_EPOCHS, LR_MULTIPLIER, UsageError, check_outputs
+from lrkit.finder import RangeTestInterrupted
 from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
@@ -89,7 +90,14 @@ def train_in_stages(
         ):
             done.append(result)
             console.print(f"{result.name} stage: {result.epochs} epochs at {describe(result.lr)}")
-    except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
+    except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
+        stage, steps = plan[len(done)], len(stop.partial.lrs)
+        cli.plot_partial_curve(stop.partial, args.out / f"lr_find_{range_test_name(stage)}.png")
+        interrupted = (
+            f"in the range test before the {stage.name} stage, after {steps} of "
+            f"{stop.partial.num_it} steps"
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C inside a fit
         interrupted = f"during the {plan[len(done)].name} stage"
     except UntrustedSuggestion as error:
         stopped = f"stopped before the {plan[len(done)].name} stage: {error}"
@@ -169,9 +177,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     )
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
 
-    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
-        learn.recorder.plot_losses(args.out / "losses.png")
-        learn.recorder.plot_schedule(args.out / "schedule.png")
+    plots = cli.write_training_plots(learn, args.out)
     model_path = learn.export(args.out / "model.lrk")
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
@@ -187,7 +193,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": cli.versions(),
     }
     (args.out / "fine_tune.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, fine_tune.json"
+    written = cli.written_list(args.out, model_path, plots, "fine_tune.json")
     if interrupted:
         raise cli.Unfinished(
             f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, cli.EXIT_INTERRUPTED
