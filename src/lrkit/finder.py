@@ -317,8 +317,8 @@ class RangeTestInterrupted(KeyboardInterrupt):
     """Ctrl-C during a range test: still a KeyboardInterrupt, carrying the curve so far
     (`partial`, an LRFindResult with stop_reason "interrupted", possibly without points)."""
 
-    def __init__(self, partial: LRFindResult) -> None:
-        super().__init__(f"range test interrupted after {len(partial.lrs)} steps")
+    def __init__(self, partial: LRFindResult, *args: object) -> None:
+        super().__init__(*args)  # the original interrupt's message, if it had one
         self.partial = partial
 
 
@@ -385,9 +385,9 @@ def _sweep(
                 ):
                     stop_reason = "diverged"
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         stop_reason = "interrupted"
-        raise RangeTestInterrupted(result()) from None
+        raise RangeTestInterrupted(result(), *interrupt.args) from None
     return result()
 
 
