@@ -121,3 +121,13 @@ def test_the_library_hands_the_partial_curve_with_the_interrupt(monkeypatch):
     assert len(partial.lrs) == len(partial.losses) == 6 and partial.group_lrs.shape == (6, 1)
     assert partial.stop_reason == "interrupted"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+
+
+def test_demo_writes_its_report_so_far(tmp_path, monkeypatch, capsys):
+    ctrl_c_at_step(monkeypatch, 5)  # in step 1's range test
+    out = tmp_path / "demo"
+    code, record, last = run(["demo", "--quick", "--device", "cpu", "--out", str(out)], capsys)
+    assert code == 130 and last.startswith("lrkit demo: interrupted (Ctrl-C); wrote ")
+    saved = json.loads((out / "demo.json").read_text())
+    assert record["interrupted"] is saved["interrupted"] is True and "range_test" not in saved
+    assert "Interrupted (Ctrl-C)" in (out / "report.md").read_text()

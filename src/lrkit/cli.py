@@ -53,7 +53,7 @@ from lrkit.compare import CompareConfig, compare_rules, rule_table, write_compar
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
-from lrkit.demo import DemoConfig, run_demo
+from lrkit.demo import DemoConfig, DemoInterrupted, run_demo
 from lrkit.finder import RangeTestInterrupted
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
@@ -697,7 +697,13 @@ def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, An
         quick=args.quick, seed=args.seed, data_path=args.data, device=str(pick_device(args.device))
     )
     check_outputs(args.out, ["lr_find.png", "report.md", "report.html", "demo.json"], ["compare"])
-    return run_demo(config, args.out, console)
+    try:
+        return run_demo(config, args.out, console)
+    except DemoInterrupted as stop:
+        written = ", ".join(map(str, stop.written))
+        raise Unfinished(
+            f"interrupted (Ctrl-C); wrote {written}", stop.summary, EXIT_INTERRUPTED
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
