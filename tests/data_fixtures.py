@@ -21,6 +21,8 @@ class FileServer:
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before hanging up
     ranges: list[str] = field(default_factory=list)  # Range headers received
     types: dict[str, str] = field(default_factory=dict)  # path -> Content-Type sent
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> more headers
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> path it sends you to (302)
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -34,6 +36,12 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             key = self.path.lstrip("/")
+            if key in state.redirects:
+                self.send_response(302)
+                self.send_header("Location", "/" + state.redirects[key])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if key not in state.files:
                 self.send_error(404)
                 return
@@ -56,6 +64,8 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body) - start))
             if key in state.types:
                 self.send_header("Content-Type", state.types[key])
+            for name, value in state.headers.get(key, {}).items():
+                self.send_header(name, value)
             self.end_headers()
             payload = body[start:]
             cut = state.cut_after.pop(key, None)

@@ -166,9 +166,9 @@ def test_ctrl_c_in_the_second_range_test_keeps_the_head_stage(
     [
         (["--lr", "1e-4:1e-3"], "give one number (hi) or a rule name"),
         (["--lr", "fast"], "is not a number"),
-        (["--lr-mult", "0.5"], "--lr-mult must be a number >= 1"),
-        (["--epochs", "0"], "--epochs must be a positive integer"),
-        (["--freeze-epochs", "-1"], "--freeze-epochs must be an integer >= 0"),
+        (["--lr-mult", "0.5"], "--lr-mult must be a number in [1, 1e+06]"),
+        (["--epochs", "0"], "--epochs must be an integer in 1..10000"),
+        (["--freeze-epochs", "-1"], "--freeze-epochs must be an integer in 0..10000"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(extra, message, fashion, events, tmp_path, capsys):

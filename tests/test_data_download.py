@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import socket
@@ -16,6 +17,7 @@ from lrkit.data.download import (
     Remote,
     cache_dir,
     download,
+    expects_binary,
     extract_tar,
     fetch_and_extract,
 )
@@ -170,3 +172,77 @@ def test_a_complete_part_is_finished_without_a_transfer(tmp_path: Path) -> None:
     with serve(FileServer(files={"a.bin": PAYLOAD})) as server:
         dest = download(Remote(server.url("a.bin")), tmp_path / "a.bin", progress=False)
     assert dest.read_bytes() == PAYLOAD and server.ranges == [f"bytes={len(PAYLOAD)}-"]
+
+
+OCTETS = "application/octet-stream"
+# (name, Content-Type, body, more headers): status 200, no size or checksum, a binary file
+# expected (a .tar.gz): each is an error document, never the file.
+NOT_THE_FILE = [
+    ("comment-first", OCTETS, b"<!-- error -->\n<!DOCTYPE html><html>Not found</html>", {}),
+    ("head-first", OCTETS, b"<head><title>403 Forbidden</title></head><body>no</body>", {}),
+    (
+        "s3-xml",
+        "application/xml",
+        b'<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>',
+        {},
+    ),
+    ("xml-as-octets", OCTETS, b'  \r\n<?xml version="1.0"?><Error/>', {}),
+    ("json", "application/json", b'{"error": "not found", "status": 404}', {}),
+    ("json-as-octets", OCTETS, b'\n{"error": "not found"}', {}),
+    ("problem-json", "application/problem+json", b"\x1f\x8b not really", {}),
+    ("atom-xml", "application/atom+xml", b"\x1f\x8b not really", {}),
+    ("xhtml", "application/xhtml+xml", b'<?xml version="1.0"?><html><body>login</body></html>', {}),
+    ("text-plain", "text/plain", b"404 page not found", {}),
+    ("text-csv", "text/csv; charset=utf-8", b"\x1f\x8b not really", {}),
+    ("upper-case-type", "TEXT/HTML; charset=utf-8", b"<p>hi</p>", {}),
+    (
+        "gzip-encoded",
+        OCTETS,
+        gzip.compress(b"<!DOCTYPE html><html>x</html>"),
+        {"Content-Encoding": "gzip"},
+    ),
+    ("br-encoded", OCTETS, b"\x1f\x8b\x08 binary-looking", {"Content-Encoding": "br"}),
+    ("utf-16-html", OCTETS, "<!DOCTYPE html><html>x</html>".encode("utf-16"), {}),
+    ("utf-16-be-json", OCTETS, b"\xfe\xff" + '{"e": 1}'.encode("utf-16-be"), {}),
+    ("utf-32-xml", OCTETS, "<Error/>".encode("utf-32"), {}),
+    ("utf-8-bom-json", OCTETS, b'\xef\xbb\xbf {"e": 1}', {}),
+    ("empty", OCTETS, b"", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "body", "headers"), NOT_THE_FILE, ids=[c[0] for c in NOT_THE_FILE]
+)
+def test_an_error_document_is_never_a_binary_file(name, content_type, body, headers, tmp_path):
+    state = FileServer(
+        files={name: body}, types={name: content_type}, headers={name: headers},
+        redirects={"moved": name},
+    )  # fmt: skip
+    with serve(state) as server:
+        for path in (name, "moved"):  # directly, and after a 302 to it
+            with pytest.raises(DownloadError, match="nothing was kept") as info:
+                download(Remote(server.url(path)), tmp_path / "a.tar.gz", progress=False)
+            assert server.url(path) in str(info.value)
+            assert list(tmp_path.iterdir()) == []  # neither the file nor a .part
+
+
+@pytest.mark.parametrize(
+    ("file_name", "body"),
+    [
+        ("a.tar.gz", tar_bytes({"x.txt": b"hello"})),
+        ("weights.pth", b"PK\x03\x04" + bytes(300)),
+        ("w.safetensors", (8).to_bytes(8, "little") + b'{"a": 1}'),  # a JSON header, not first
+        ("notes.json", b'{"a": 1}'),  # not a binary file: JSON is what it holds
+        ("feed.xml", b"<?xml version='1.0'?><feed/>"),
+    ],
+)
+def test_real_files_are_still_taken(file_name, body, tmp_path):
+    state = FileServer(files={file_name: body}, types={file_name: OCTETS})
+    with serve(state) as server:
+        dest = download(Remote(server.url(file_name)), tmp_path / file_name, progress=False)
+    assert dest.read_bytes() == body
+
+
+def test_what_counts_as_binary_is_the_file_name():
+    assert expects_binary("train-images-idx3-ubyte.gz") and expects_binary("A.TAR")
+    assert expects_binary("resnet18.pth") and not expects_binary("labels.csv")

@@ -31,33 +31,33 @@ import lrkit
 from lrkit import suggest
 from lrkit.callbacks import ProgressCallback
 from lrkit.cli_args import (
+    DIV_THRESH,
+    EPOCHS,
+    HEAD_EPOCHS,
+    LEARNING_RATE,
+    REPEATS,
     ArgumentError,
     Parser,
     UsageError,
-    above_one,
     add_common,
     add_data,
     add_model,
     add_range_test,
     check_outputs,
-    non_negative_int,
+    not_a_file,
     option_names,
-    positive_int,
     speak_flags,
 )
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
-from lrkit.demo import DemoConfig, run_demo
+from lrkit.demo import DemoConfig, DemoInterrupted, run_demo
 from lrkit.export_file import load_learner
+from lrkit.finder import RangeTestInterrupted
 from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.range_test_result import (
-    UnusableCurveError,
-    finite_or_none,
-    json_ready,
-)
+from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.stages import LR_MULT, Stage
 from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
@@ -249,12 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--mode", choices=("exp", "linear"), default="exp")
     find.add_argument(
         "--div-thresh",
-        type=above_one,
+        type=DIV_THRESH,
         default=4.0,
         help="stop when the loss rises (x - 1) times its fall (or its noise) above the best",
     )
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")
-    find.add_argument("--repeats", type=positive_int, default=1, help="runs on other data orders")
+    find.add_argument("--repeats", type=REPEATS, default=1, help="runs on other data orders")
     find.set_defaults(run=run_find)
 
     train = command(
@@ -267,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(train)
     add_model(train)
     add_range_test(train)
-    train.add_argument("--epochs", type=positive_int, default=1)
+    train.add_argument("--epochs", type=EPOCHS, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
     train.add_argument(
-        "--freeze-epochs", type=non_negative_int, default=0, help="head-only epochs first"
+        "--freeze-epochs", type=HEAD_EPOCHS, default=0, help="head-only epochs first"
     )
     train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     train.add_argument(
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(compare)
     add_range_test(compare)
     compare.add_argument("--rules", default=",".join(suggest.rule_names()), help="comma list")
-    compare.add_argument("--epochs", type=positive_int, default=2)
+    compare.add_argument("--epochs", type=EPOCHS, default=2)
     compare.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
     compare.set_defaults(run=run_compare)
 
@@ -404,8 +404,27 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "use_valid": args.val,
         "progress": console.is_terminal,
     }
+    try:
+        if args.repeats > 1:
+            found = learn.lr_find_repeated(repeats=args.repeats, **settings)
+        else:
+            found = learn.lr_find(**settings)
+    except RangeTestInterrupted as stop:  # keep the curve so far, marked
+        found = stop.partial
+        record = {**found.to_dict(), "interrupted": True}
+        written = [args.out / "lr_find.json"]
+        if plot_partial_curve(found, args.out / "lr_find.png"):
+            written.insert(0, args.out / "lr_find.png")
+        record["data"] = data_summary(options, dls)
+        record["versions"] = versions()
+        (args.out / "lr_find.json").write_text(json.dumps(json_ready(record), indent=2))
+        raise Unfinished(
+            f"interrupted (Ctrl-C) after {len(found.lrs)} of {args.num_it} range-test steps; "
+            f"wrote {' and '.join(map(str, written))}",
+            record,
+            EXIT_INTERRUPTED,
+        ) from None
     if args.repeats > 1:
-        found = learn.lr_find_repeated(repeats=args.repeats, **settings)
         first = found.runs[0]
         record = {
             **first.to_dict(),
@@ -418,7 +437,6 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             f"median suggestions of {args.repeats} runs", found.suggestions, found.spread
         )
     else:
-        found = learn.lr_find(**settings)
         record = found.to_dict()
         table = _suggestion_table(
             f"suggestions ({found.stop_reason} after {len(found.lrs)} steps)", found.suggestions
@@ -435,24 +453,53 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return record
 
 
+def plot_partial_curve(found: LRFindResult, path: Path) -> bool:
+    """Plot an interrupted range test's curve to `path` when it has points to draw (2 or more);
+    returns whether it was written."""
+    if len(found.lrs) < 2:
+        return False
+    found.plot(path)
+    return True
+
+
+def written_list(out: Path, model_path: Path, plots: list[str], record_name: str) -> str:
+    """What a training command wrote, for its last line: only the files that exist."""
+    names = ["metrics.csv", *plots, *sorted(p.name for p in out.glob("lr_find_*.png"))]
+    names = [name for name in names if (out / name).is_file()]
+    return ", ".join([str(model_path), *names, record_name])
+
+
+def write_training_plots(learn: VisionLearner, out: Path) -> list[str]:
+    """losses.png and schedule.png of what was trained (none before the first batch, as after
+    Ctrl-C in the first range test); returns the names written."""
+    written = []
+    if getattr(learn.recorder, "losses", None):
+        learn.recorder.plot_losses(out / "losses.png")
+        written.append("losses.png")
+    if getattr(learn.recorder, "lrs", None):
+        learn.recorder.plot_schedule(out / "schedule.png")
+        written.append("schedule.png")
+    return written
+
+
 def parse_lr(text: str) -> float | slice | str:
     """'3e-3' -> 0.003; '1e-5:1e-3' -> slice(1e-5, 1e-3); a rule name stays a string."""
     if text in suggest.rule_names():
         return text
-    try:
-        if ":" in text:
-            low, high = (float(part) for part in text.split(":"))
-            if not 0 < low <= high:
-                raise UsageError(f"--lr {text}: LO:HI needs 0 < LO <= HI")
-            return slice(low, high)
-        value = float(text)
-    except ValueError:
+    parts = text.split(":")
+    if len(parts) > 2 or not all(re.fullmatch(r"[0-9.eE+-]+", part) for part in parts):
         raise UsageError(
             f"--lr {text!r} is not a number, LO:HI, or a rule ({', '.join(suggest.rule_names())})"
-        ) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"--lr must be a positive number, got {text}")
-    return value
+        )
+    try:
+        rates = [LEARNING_RATE(part) for part in parts]
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--lr {error}") from None
+    if len(rates) == 1:
+        return rates[0]
+    if not rates[0] <= rates[1]:
+        raise UsageError(f"--lr {text}: LO:HI needs LO <= HI")
+    return slice(rates[0], rates[1])
 
 
 def _describe(lr: float | slice) -> str | list[float]:
@@ -492,9 +539,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for result in done
     ]
 
-    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
-        learn.recorder.plot_losses(args.out / "losses.png")
-        learn.recorder.plot_schedule(args.out / "schedule.png")
+    plots = write_training_plots(learn, args.out)
     model_path = learn.export(args.out / "model.lrk")
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
@@ -511,7 +556,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": versions(),
     }
     (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, train.json"
+    written = written_list(args.out, model_path, plots, "train.json")
     if interrupted:
         raise Unfinished(
             f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
@@ -547,6 +592,27 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         raise UsageError(
             f"the range test gives no learning rate to compare the rules at ({error.why}): "
             "raise --num-it, widen --start-lr/--end-lr, or use more data"
+        ) from None
+    except RangeTestInterrupted as stop:  # before any rule trained: the curve so far, marked
+        record = {
+            "rows": [],
+            "best_rule": None,
+            "interrupted": True,
+            "range_test": stop.partial.to_dict(),
+            "data": data_summary(options, dls),
+            "seed": args.seed,
+            "versions": versions(),
+        }
+        written = [args.out / "comparison.json"]
+        if plot_partial_curve(stop.partial, args.out / "lr_find.png"):
+            written.insert(0, args.out / "lr_find.png")
+        (args.out / "comparison.json").write_text(json.dumps(json_ready(record), indent=2))
+        raise Unfinished(
+            f"interrupted (Ctrl-C) in the range test, after {len(stop.partial.lrs)} of "
+            f"{args.num_it} steps, before any rule trained; wrote "
+            f"{' and '.join(map(str, written))}",
+            record,
+            EXIT_INTERRUPTED,
         ) from None
     extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
     paths = write_comparison(comparison, args.out, extra)
@@ -598,17 +664,22 @@ def run_predict(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit predict MODEL FILES...`: one label (or label set) per image file. A file that
     cannot be read is named on stderr (and in --json as an error entry); the others are still
     predicted, and the exit code is then 1."""
-    if not Path(args.model).is_file():
-        raise UsageError(f"model file {args.model} does not exist; export one with lrkit train")
+    instead = not_a_file(args.model)
+    if instead is not None:
+        what = "" if instead == "does not exist" else ", not a model file"
+        raise UsageError(f"model file {args.model} {instead}{what}; export one with lrkit train")
     predictor = load_learner(args.model, trust_pickle=args.trust_pickle)
     rows, failed = [], []
     for name in args.files:
         try:
-            if not Path(name).is_file():
-                raise FileNotFoundError("no such file")
+            instead = not_a_file(name)
+            if instead is not None:
+                what = "" if instead == "does not exist" else ", not an image file"
+                raise FileNotFoundError(f"{instead}{what}")
             prediction = predictor.predict(name)
         except IMAGE_ERRORS as error:
             reason = " ".join(str(error).split()) or type(error).__name__
+            reason = reason.removeprefix(f"{name}: ")  # the line names the file once
             print(f"lrkit predict: error: {name}: {reason}", file=sys.stderr)
             rows.append({"file": name, "error": reason})
             failed.append(name)
@@ -636,7 +707,13 @@ def run_demo_command(args: argparse.Namespace, console: Console) -> dict[str, An
         quick=args.quick, seed=args.seed, data_path=args.data, device=str(pick_device(args.device))
     )
     check_outputs(args.out, ["lr_find.png", "report.md", "report.html", "demo.json"], ["compare"])
-    return run_demo(config, args.out, console)
+    try:
+        return run_demo(config, args.out, console)
+    except DemoInterrupted as stop:
+        written = ", ".join(map(str, stop.written))
+        raise Unfinished(
+            f"interrupted (Ctrl-C); wrote {written}", stop.summary, EXIT_INTERRUPTED
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,7 +740,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(json_ready(stop.record), default=str, allow_nan=False))
         print(f"lrkit {args.command}: {stop}", file=sys.stderr)
         return stop.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the command had anything to write
+        if args.json:
+            print(json.dumps({"command": args.command, "interrupted": True}))
         print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:

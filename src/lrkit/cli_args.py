@@ -11,10 +11,12 @@ import argparse
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 DATASETS = ("fashion-mnist", "pets")
 
@@ -46,54 +48,61 @@ class Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------ value types
 
-
-def _number(text: str, kind: type, wanted: str) -> float | int:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
-    return value
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # plain ASCII decimal: no '1_0', ' 5', '0x10', '١٢'
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # 1e-3, .5, 2.
+_LONGEST = 40  # characters: any longer number is out of every range below
 
 
-def integer(text: str) -> int:
-    return int(_number(text, int, "an integer"))
+@dataclass(frozen=True)
+class Range:
+    """A numeric option's type: plain ASCII decimal text (floats: also 1e-3; never nan or inf)
+    within [lo, hi] (`open_lo`/`open_hi`: the bound itself excluded). Calling it parses the text
+    or raises argparse.ArgumentTypeError saying the allowed range."""
+
+    kind: type
+    lo: float
+    hi: float
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def describe(self) -> str:
+        if self.kind is int:
+            return f"an integer in {self.lo}..{self.hi}"
+        left, right = "(" if self.open_lo else "[", ")" if self.open_hi else "]"
+        return f"a number in {left}{self.lo:g}, {self.hi:g}{right}"
+
+    def __call__(self, text: str) -> Any:
+        syntax = _INTEGER if self.kind is int else _DECIMAL
+        value = None
+        if len(text) <= _LONGEST and syntax.fullmatch(text):
+            value = self.kind(text)
+        if (
+            value is None
+            or not math.isfinite(value)
+            or value < self.lo
+            or value > self.hi
+            or (self.open_lo and value == self.lo)
+            or (self.open_hi and value == self.hi)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text!r}")
+        return value
 
 
-def positive_int(text: str) -> int:
-    value = int(_number(text, int, "a positive integer"))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(_number(text, int, "an integer >= 0"))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(_number(text, float, "a positive number"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def above_one(text: str) -> float:
-    value = float(_number(text, float, "a number > 1"))
-    if value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number > 1, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(_number(text, float, "a number in (0, 1)"))
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
-    return value
+# Every numeric option's range, stated once (help texts and errors quote them).
+MAX_WORKERS = 4 * os.cpu_count() if os.cpu_count() else 64  # loader processes
+SEED = Range(int, 0, 2**32 - 1)  # what numpy's and torch's generators take
+WORKERS = Range(int, 0, MAX_WORKERS)
+PIXELS = Range(int, 8, 8192)  # --size, --presize
+BATCH = Range(int, 1, 65536)  # --bs
+EPOCHS = Range(int, 1, 10_000)
+HEAD_EPOCHS = Range(int, 0, 10_000)  # --freeze-epochs
+STEPS = Range(int, 1, 100_000)  # --num-it
+REPEATS = Range(int, 1, 100)
+SUBSET = Range(int, 1, 10_000_000)  # --train-subset, --valid-subset
+LEARNING_RATE = Range(float, 1e-12, 1e4)  # --start-lr, --end-lr, --lr
+DIV_THRESH = Range(float, 1, 1000, open_lo=True)
+FRACTION = Range(float, 0, 1, open_lo=True, open_hi=True)  # --valid-pct
+LR_MULTIPLIER = Range(float, 1, 1e6)  # --lr-mult
 
 
 # ------------------------------------------------------------------------------ option groups
@@ -102,7 +111,7 @@ def fraction(text: str) -> float:
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("lrkit-out"), help="output folder")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--seed", type=integer, default=0, help="seed for weights and data order")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed for weights and data order")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
 
 
@@ -113,13 +122,13 @@ def add_data(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-re", help="regex whose first group is the label of a file name")
     group.add_argument("--labels", help="CSV: file name, label(s)")
     group.add_argument("--multi-label", action="store_true", help="space-separated labels")
-    group.add_argument("--valid-pct", type=fraction, help="random validation share")
-    group.add_argument("--presize", type=positive_int, default=460, help="short side, pixels")
-    group.add_argument("--size", type=positive_int, default=224, help="training size, pixels")
-    group.add_argument("--bs", type=positive_int, help="batch size")
-    group.add_argument("--workers", type=non_negative_int, help="loader worker processes")
-    group.add_argument("--train-subset", type=positive_int, help="Fashion-MNIST: train items")
-    group.add_argument("--valid-subset", type=positive_int, help="Fashion-MNIST: valid items")
+    group.add_argument("--valid-pct", type=FRACTION, help="random validation share")
+    group.add_argument("--presize", type=PIXELS, default=460, help="short side, pixels")
+    group.add_argument("--size", type=PIXELS, default=224, help="training size, pixels")
+    group.add_argument("--bs", type=BATCH, help="batch size")
+    group.add_argument("--workers", type=WORKERS, help="loader worker processes")
+    group.add_argument("--train-subset", type=SUBSET, help="Fashion-MNIST: train items")
+    group.add_argument("--valid-subset", type=SUBSET, help="Fashion-MNIST: valid items")
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
@@ -135,9 +144,9 @@ def add_model(parser: argparse.ArgumentParser) -> None:
 
 def add_range_test(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("range test")
-    group.add_argument("--num-it", type=positive_int, default=100, help="optimizer steps")
-    group.add_argument("--start-lr", type=positive_float, default=1e-7)
-    group.add_argument("--end-lr", type=positive_float, default=10.0)
+    group.add_argument("--num-it", type=STEPS, default=100, help="optimizer steps")
+    group.add_argument("--start-lr", type=LEARNING_RATE, default=1e-7)
+    group.add_argument("--end-lr", type=LEARNING_RATE, default=10.0)
 
 
 # ------------------------------------------------------------------------------ library errors
@@ -221,3 +230,26 @@ def check_outputs(folder: Path, files: Sequence[str], folders: Sequence[str] = (
                 f"--out {folder} holds a file named {name}, where lrkit writes a folder; move "
                 "it away or choose another --out"
             )
+
+
+def not_a_file(path: str | Path) -> str | None:
+    """None when `path` is a regular file (or a link to one); otherwise what it is instead, as
+    words that follow the path in an error: 'does not exist', 'is a directory', 'is a named pipe
+    (FIFO)', 'is a socket', 'is a device', 'is a link to a missing file'."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a link to a missing file" if os.path.islink(path) else "does not exist"
+    except NotADirectoryError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "is a socket"
+    return "is a device"

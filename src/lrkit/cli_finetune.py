@@ -20,7 +20,8 @@ from rich.console import Console
 
 from lrkit import cli
 from lrkit.callbacks import CSVLogger
-from lrkit.cli_args import UsageError, check_outputs, non_negative_int, positive_int
+from lrkit.cli_args import EPOCHS, HEAD_EPOCHS, LR_MULTIPLIER, UsageError, check_outputs
+from lrkit.finder import RangeTestInterrupted
 from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
@@ -32,23 +33,14 @@ from lrkit.stages import (
     run_stages,
 )
 
-
-def lr_mult(text: str) -> float:
-    """--lr-mult: a number >= 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 1 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 1, got {text!r}")
-    return value
+lr_mult = LR_MULTIPLIER  # --lr-mult's type, for train too
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lrkit fine-tune` beyond data, model and range test."""
-    parser.add_argument("--epochs", type=positive_int, default=1, help="epochs after unfreezing")
+    parser.add_argument("--epochs", type=EPOCHS, default=1, help="epochs after unfreezing")
     parser.add_argument(
-        "--freeze-epochs", type=non_negative_int, default=1, help="head-only epochs first"
+        "--freeze-epochs", type=HEAD_EPOCHS, default=1, help="head-only epochs first"
     )
     parser.add_argument("--lr", default="auto", help="a rule name (auto, minimum, ...) or a number")
     parser.add_argument(
@@ -96,7 +88,14 @@ def train_in_stages(
         ):
             done.append(result)
             console.print(f"{result.name} stage: {result.epochs} epochs at {describe(result.lr)}")
-    except KeyboardInterrupt:  # in a range test, or a second Ctrl-C inside a fit
+    except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
+        stage, steps = plan[len(done)], len(stop.partial.lrs)
+        cli.plot_partial_curve(stop.partial, args.out / f"lr_find_{range_test_name(stage)}.png")
+        interrupted = (
+            f"in the range test before the {stage.name} stage, after {steps} of "
+            f"{stop.partial.num_it} steps"
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C inside a fit
         interrupted = f"during the {plan[len(done)].name} stage"
     except UnusableCurveError as error:
         stopped = f"stopped before the {plan[len(done)].name} stage: {error}"
@@ -171,9 +170,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     )
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
 
-    if getattr(learn.recorder, "losses", None):  # nothing to plot when no batch trained
-        learn.recorder.plot_losses(args.out / "losses.png")
-        learn.recorder.plot_schedule(args.out / "schedule.png")
+    plots = cli.write_training_plots(learn, args.out)
     model_path = learn.export(args.out / "model.lrk")
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
@@ -189,7 +186,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "versions": cli.versions(),
     }
     (args.out / "fine_tune.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    written = f"{model_path}, {args.out / 'metrics.csv'}, losses.png, schedule.png, fine_tune.json"
+    written = cli.written_list(args.out, model_path, plots, "fine_tune.json")
     if interrupted:
         raise cli.Unfinished(
             f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, cli.EXIT_INTERRUPTED

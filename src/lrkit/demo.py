@@ -228,8 +228,19 @@ def transfer(
     }
 
 
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the demo; `summary` holds the steps done (marked interrupted) and
+    `written` the files it wrote (the report so far and demo.json)."""
+
+    def __init__(self, summary: dict[str, Any], written: list[Path]) -> None:
+        super().__init__("demo interrupted")
+        self.summary, self.written = summary, written
+
+
 def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
-    """All four steps; returns the results and writes the report into `out`."""
+    """All four steps; returns the results and writes the report into `out`.
+
+    Raises DemoInterrupted after Ctrl-C, once the report so far and demo.json are written."""
     began = time.perf_counter()
     sizes = config.sizes
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +251,40 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
         f"Data: Fashion-MNIST from {source}. Mode: {'quick' if config.quick else 'full'}."
     )
 
+    summary: dict[str, Any] = {
+        "config": asdict(config),
+        "sizes": asdict(sizes),
+        "data_source": source,
+        "interrupted": False,
+    }
+    try:
+        _demo_steps(arrays, config, out, console, report, summary)
+    except KeyboardInterrupt:  # write what was done: the report so far and demo.json, marked
+        summary["interrupted"] = True
+        report.paragraph("Interrupted (Ctrl-C): the steps above were done, the others were not.")
+    seconds = time.perf_counter() - began
+    summary["seconds"] = seconds
+    report.heading("Settings")
+    report.paragraph(json.dumps({"config": asdict(config), "sizes": asdict(sizes)}))
+    report.paragraph(f"Total time: {seconds:.0f} s.")
+    md, html = report.write(out)
+    (out / "demo.json").write_text(json.dumps(json_ready(summary), indent=2, default=str))
+    if summary["interrupted"]:
+        raise DemoInterrupted(summary, [md, html, out / "demo.json"])
+    console.print(f"report: {md} and {html} ({seconds:.0f} s)")
+    return summary
+
+
+def _demo_steps(
+    arrays: dict[str, np.ndarray],
+    config: DemoConfig,
+    out: Path,
+    console: Console,
+    report: Report,
+    summary: dict[str, Any],
+) -> None:
+    """The four steps; each adds its results to `summary` and its section to `report`."""
+    sizes = config.sizes
     console.rule("1. range test of a small ResNet from scratch")
     dls = _loaders(arrays, sizes.n_train, sizes.n_valid, range(10), sizes.bs, config.seed)
     torch.manual_seed(config.seed)
@@ -268,6 +313,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     )
     report.table([["rule", "lr"], *[[k, f"{v:.2e}"] for k, v in range_test.suggestions.items()]])
     report.figure(out / "lr_find.png", "Range test with every rule's suggestion")
+    summary["range_test"] = {"suggestions": range_test.suggestions, "restored": restored}
 
     console.rule("2. one training run per suggestion rule")
     compare_config = CompareConfig(
@@ -275,6 +321,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
     )
     comparison = compare_rules(learn, compare_config)
     compare_paths = write_comparison(comparison, out / "compare")  # marked interrupted, if so
+    summary["comparison"] = comparison.rows()
     stop_if_interrupted(comparison.interrupted)
     table = rule_table(comparison)
     console.print(rich_table(table, "one run per rule, same start"))
@@ -292,6 +339,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
         transfer(arrays, body, discriminative, config, out, console)
         for discriminative in (True, False)
     ]
+    summary["transfer"] = results
     for row in results:
         console.print(
             f"  {row['procedure']:<28} error rate {format_cell(row['error_rate'])}"
@@ -319,21 +367,3 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
         ]
     )
     report.figure(out / "transfer_sliced_lr_find_unfrozen.png", "Range test after unfreezing")
-
-    seconds = time.perf_counter() - began
-    summary = {
-        "config": asdict(config),
-        "sizes": asdict(sizes),
-        "data_source": source,
-        "range_test": {"suggestions": range_test.suggestions, "restored": restored},
-        "comparison": comparison.rows(),
-        "transfer": results,
-        "seconds": seconds,
-    }
-    report.heading("Settings")
-    report.paragraph(json.dumps({"config": asdict(config), "sizes": asdict(sizes)}))
-    report.paragraph(f"Total time: {seconds:.0f} s.")
-    md, html = report.write(out)
-    (out / "demo.json").write_text(json.dumps(json_ready(summary), indent=2, default=str))
-    console.print(f"report: {md} and {html} ({seconds:.0f} s)")
-    return summary

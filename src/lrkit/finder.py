@@ -326,10 +326,21 @@ def lr_find(
         saved.restore()
 
 
+class RangeTestInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a range test: still a KeyboardInterrupt, carrying the curve so far
+    (`partial`, an LRFindResult with stop_reason "interrupted", possibly without points)."""
+
+    def __init__(self, partial: LRFindResult, *args: object) -> None:
+        super().__init__(*args)  # the original interrupt's message, if it had one
+        self.partial = partial
+
+
 def _sweep(
     stepper: _Stepper, train_loader: Iterable, val_loader: Iterable | None, progress: bool | None
 ) -> LRFindResult:
-    """The loop itself; the caller snapshots and restores around it and sets the mode."""
+    """The loop itself; the caller snapshots and restores around it and sets the mode.
+
+    Raises RangeTestInterrupted (a KeyboardInterrupt) with the curve so far on Ctrl-C."""
     optimizer, config = stepper.optimizer, stepper.config
     # Every group follows the sweep at its own ratio to the last group with a non-zero lr
     # (a zero lr stays zero); with no lr set anywhere, all groups sweep alike.
@@ -345,44 +356,52 @@ def _sweep(
     lrs, raw_losses, losses, group_lrs = [], [], [], []
     average, stop_reason = 0.0, "completed"
     bar = _progress_bar(progress)
-    with bar if bar is not None else contextlib.nullcontext():
-        task = bar.add_task("lr_find", total=config.num_it, lr=0.0, loss=0.0) if bar else None
-        for step in range(config.num_it):
-            lr = sweep_lr(step, config)
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                group["lr"] = lr * ratio
-            loss = stepper.step(batches)
-            if val_set is not None and math.isfinite(loss):
-                loss = stepper.validation_loss(val_set)
-            if not math.isfinite(loss):
-                stop_reason = "non-finite loss"
-                break
-            average = config.beta * average + (1 - config.beta) * loss
-            smoothed = average / (1 - config.beta ** (step + 1))
-            lrs.append(lr)
-            raw_losses.append(loss)
-            losses.append(smoothed)
-            group_lrs.append([lr * ratio for ratio in ratios])
-            if bar is not None:
-                bar.update(task, advance=1, lr=lr, loss=smoothed)
-            if config.div_thresh is not None and has_diverged(
-                raw_losses, losses, config.div_thresh
-            ):
-                stop_reason = "diverged"
-                break
 
-    return LRFindResult(
-        lrs=np.asarray(lrs, dtype=np.float64),
-        losses=np.asarray(losses, dtype=np.float64),
-        raw_losses=np.asarray(raw_losses, dtype=np.float64),
-        group_lrs=np.asarray(group_lrs, dtype=np.float64).reshape(len(lrs), len(ratios)),
-        num_it=config.num_it,
-        start_lr=config.start_lr,
-        end_lr=config.end_lr,
-        mode=config.mode,
-        stop_reason=stop_reason,
-        config=asdict(config),
-    )
+    def result() -> LRFindResult:  # Ctrl-C may land between the appends: the common length
+        n = min(len(lrs), len(raw_losses), len(losses), len(group_lrs))
+        return LRFindResult(
+            lrs=np.asarray(lrs[:n], dtype=np.float64),
+            losses=np.asarray(losses[:n], dtype=np.float64),
+            raw_losses=np.asarray(raw_losses[:n], dtype=np.float64),
+            group_lrs=np.asarray(group_lrs[:n], dtype=np.float64).reshape(n, len(ratios)),
+            num_it=config.num_it,
+            start_lr=config.start_lr,
+            end_lr=config.end_lr,
+            mode=config.mode,
+            stop_reason=stop_reason,
+            config=asdict(config),
+        )
+
+    try:
+        with bar if bar is not None else contextlib.nullcontext():
+            task = bar.add_task("lr_find", total=config.num_it, lr=0.0, loss=0.0) if bar else None
+            for step in range(config.num_it):
+                lr = sweep_lr(step, config)
+                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                    group["lr"] = lr * ratio
+                loss = stepper.step(batches)
+                if val_set is not None and math.isfinite(loss):
+                    loss = stepper.validation_loss(val_set)
+                if not math.isfinite(loss):
+                    stop_reason = "non-finite loss"
+                    break
+                average = config.beta * average + (1 - config.beta) * loss
+                smoothed = average / (1 - config.beta ** (step + 1))
+                lrs.append(lr)
+                raw_losses.append(loss)
+                losses.append(smoothed)
+                group_lrs.append([lr * ratio for ratio in ratios])
+                if bar is not None:
+                    bar.update(task, advance=1, lr=lr, loss=smoothed)
+                if config.div_thresh is not None and has_diverged(
+                    raw_losses, losses, config.div_thresh
+                ):
+                    stop_reason = "diverged"
+                    break
+    except KeyboardInterrupt as interrupt:
+        stop_reason = "interrupted"
+        raise RangeTestInterrupted(result(), *interrupt.args) from None
+    return result()
 
 
 def lr_find_repeated(

@@ -61,8 +61,8 @@ class LRFindResult:
 
     `group_lrs[i, g]` is the lr param group g had at step i (groups keep their ratios).
     `stop_reason` is "completed", "diverged" (the smoothed loss rose more than
-    (div_thresh - 1) x the curve's scale above its best; see `lrkit.finder.has_diverged`) or
-    "non-finite loss".
+    (div_thresh - 1) x the curve's scale above its best; see `lrkit.finder.has_diverged`),
+    "non-finite loss" or "interrupted" (Ctrl-C: the curve so far, see RangeTestInterrupted).
     """
 
     lrs: np.ndarray

@@ -6,6 +6,13 @@ moving the file into place, and turns network failures into one clear message. A
 known size or checksum, a body shorter than the server announced (Content-Length or
 Content-Range) is never taken as the file, and an HTML page (an error or login page served with
 status 200) is refused: a download is always a data file, never a web page.
+
+Where the file is binary (its name ends in one of BINARY_SUFFIXES: archives, weights, arrays),
+more is refused, whatever the status: a text, XML or JSON Content-Type (of the last response,
+after redirects), a body that starts with '<' or '{' after an optional byte-order mark and
+white space (markup or JSON: an error document), and an empty body. A Content-Encoding other
+than identity is refused too (lrkit asks for none and never decodes one). Nothing refused is
+left at the destination.
 """
 
 from __future__ import annotations
@@ -23,6 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20  # bytes read per step while streaming a download
+# A destination whose name ends in one of these holds binary data, never text.
+BINARY_SUFFIXES = (
+    ".gz", ".tgz", ".tar", ".bz2", ".xz", ".zst", ".zip", ".7z",
+    ".pth", ".pt", ".ckpt", ".safetensors", ".bin", ".onnx", ".npy", ".npz", ".lrk",
+)  # fmt: skip
+# Content-Types of documents (pages, error bodies), never of a binary file.
+_DOCUMENT_TYPE = re.compile(r"text/.*|application/(xml|json)|[^/]+/[^/]*\+(xml|json)")
+_PAGE_TYPE = re.compile(r"text/html|application/xhtml\+xml")
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
 
 
 class DownloadError(RuntimeError):
@@ -112,11 +134,34 @@ def _progress(total: int | None, done: int, label: str, enabled: bool):
     return bar, task
 
 
+def expects_binary(name: str) -> bool:
+    """Whether a file of this name holds binary data (its suffix is in BINARY_SUFFIXES)."""
+    return name.lower().endswith(BINARY_SUFFIXES)
+
+
+def _text_start(head: bytes) -> str:
+    """The first characters of `head` as text: decoded by its byte-order mark (UTF-8/16/32)
+    when it has one, else byte for byte; leading ASCII white space removed."""
+    for mark, codec in _BOMS:
+        if head.startswith(mark):
+            return head[len(mark) :].decode(codec, errors="ignore").lstrip(" \t\r\n\f\v")
+    return head.decode("latin-1").lstrip(" \t\r\n\f\v")
+
+
 def looks_like_html(head: bytes) -> bool:
-    """Whether a file's first bytes are an HTML page (`<!DOCTYPE html`, `<html`), after any
-    byte-order mark and white space."""
-    text = head.lstrip(b"\xef\xbb\xbf").lstrip().lower()
-    return text.startswith((b"<!doctype html", b"<html"))
+    """Whether a file's first bytes are an HTML page (`<!DOCTYPE html`, `<html`, `<head`,
+    `<body`), after any byte-order mark and white space."""
+    return _text_start(head).lower().startswith(("<!doctype html", "<html", "<head", "<body"))
+
+
+def looks_like_document(head: bytes) -> bool:
+    """Whether a file's first bytes are markup or JSON (`<...`, `{...`) after any byte-order
+    mark and white space: an error document, where a binary file was expected."""
+    return _text_start(head).startswith(("<", "{"))
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _html_message(remote: Remote, dest: Path) -> str:
@@ -127,14 +172,45 @@ def _html_message(remote: Remote, dest: Path) -> str:
     )
 
 
+def _document_message(remote: Remote, dest: Path, what: str) -> str:
+    return (
+        f"{dest.name}: {remote.url} sent {what} instead of the file (an error page?); nothing "
+        f"was kept. Check the URL in a browser, or fetch the file by hand and save it as {dest}"
+    )
+
+
+def _refuse_response(remote: Remote, dest: Path, headers) -> None:
+    """Raise DownloadError when the (last) response's headers say it is not the file."""
+    media = _media_type(headers.get("Content-Type", ""))
+    if _PAGE_TYPE.fullmatch(media):
+        raise DownloadError(_html_message(remote, dest))
+    if expects_binary(dest.name) and _DOCUMENT_TYPE.fullmatch(media):
+        raise DownloadError(_document_message(remote, dest, f"a document of type {media}"))
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DownloadError(
+            f"{dest.name}: {remote.url} sent the file with Content-Encoding {encoding}, which "
+            f"lrkit does not decode; nothing was kept. Fetch the file by hand and save it as {dest}"
+        )
+
+
 def _verify(part: Path, remote: Remote, dest: Path) -> None:
     """Check size and sha256 of a finished transfer, and that it is not an HTML page; a bad
     file is deleted so reruns start clean."""
     with open(part, "rb") as f:
-        if looks_like_html(f.read(512)):
-            part.unlink()
-            raise DownloadError(_html_message(remote, dest))
+        head = f.read(512)
     size = part.stat().st_size
+    if looks_like_html(head):
+        part.unlink()
+        raise DownloadError(_html_message(remote, dest))
+    if expects_binary(dest.name) and looks_like_document(head):
+        part.unlink()
+        raise DownloadError(_document_message(remote, dest, "markup or JSON"))
+    if size == 0 and remote.size != 0:
+        part.unlink()
+        raise DownloadError(
+            f"{dest.name}: {remote.url} sent an empty file; nothing was kept, check the URL"
+        )
     if remote.size is not None and size != remote.size:
         part.unlink()
         raise DownloadError(
@@ -175,7 +251,8 @@ def _transfer(
     remote: Remote, dest: Path, part: Path, done: int, progress: bool, timeout: float
 ) -> None:
     """Stream the (rest of the) file into `part`; keep what arrived when the transfer breaks."""
-    request = urllib.request.Request(remote.url, headers={"User-Agent": "lrkit"})
+    headers = {"User-Agent": "lrkit", "Accept-Encoding": "identity"}
+    request = urllib.request.Request(remote.url, headers=headers)
     if done:
         request.add_header("Range", f"bytes={done}-")
     try:
@@ -193,8 +270,7 @@ def _transfer(
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise DownloadError(_offline_message(remote.url, dest, err)) from err
     with response:
-        if "text/html" in response.headers.get("Content-Type", "").lower():
-            raise DownloadError(_html_message(remote, dest))  # the .part, if any, is untouched
+        _refuse_response(remote, dest, response.headers)  # the .part, if any, is untouched
         resumed = done > 0 and response.status == 206
         if resumed and _range_start(response.headers.get("Content-Range")) != done:
             part.unlink()
