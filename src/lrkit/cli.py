@@ -462,11 +462,17 @@ def plot_partial_curve(found: LRFindResult, path: Path) -> bool:
     return True
 
 
-def written_list(out: Path, model_path: Path, plots: list[str], record_name: str) -> str:
+def trained_any(learn: VisionLearner, done: list) -> bool:
+    """Whether a training command trained anything worth exporting (a stage or some batches)."""
+    return bool(done) or bool(getattr(learn.recorder, "losses", None))
+
+
+def written_list(out: Path, model_path: Path | None, plots: list[str], record_name: str) -> str:
     """What a training command wrote, for its last line: only the files that exist."""
     names = ["metrics.csv", *plots, *sorted(p.name for p in out.glob("lr_find_*.png"))]
     names = [name for name in names if (out / name).is_file()]
-    return ", ".join([str(model_path), *names, record_name])
+    model = [str(model_path)] if model_path is not None else []
+    return ", ".join([*model, *names, record_name])
 
 
 def write_training_plots(learn: VisionLearner, out: Path) -> list[str]:
@@ -540,7 +546,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     ]
 
     plots = write_training_plots(learn, args.out)
-    model_path = learn.export(args.out / "model.lrk")
+    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
         "stages": stages,
@@ -551,7 +557,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "stopped": stopped,
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
-        "model": str(model_path),
+        "model": str(model_path) if model_path is not None else None,
         "data": data_summary(options, dls),
         "versions": versions(),
     }

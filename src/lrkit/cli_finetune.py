@@ -98,7 +98,11 @@ def train_in_stages(
     except KeyboardInterrupt:  # a second Ctrl-C inside a fit
         interrupted = f"during the {plan[len(done)].name} stage"
     except UnusableCurveError as error:
-        stopped = f"stopped before the {plan[len(done)].name} stage: {error}"
+        stopped = (
+            f"stopped before the {plan[len(done)].name} stage: the range test gives no learning "
+            f"rate ({error.why}): pass a learning rate as --lr NUMBER, or raise --num-it, widen "
+            "--start-lr/--end-lr, or use more data"
+        )
     if learn.interrupted and done:  # the fit ended cleanly at the first Ctrl-C
         interrupted = f"in the {done[-1].name} stage at epoch {learn.epoch}, batch {learn.iter}"
     return done, interrupted, stopped
@@ -171,7 +175,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
 
     plots = cli.write_training_plots(learn, args.out)
-    model_path = learn.export(args.out / "model.lrk")
+    model_path = learn.export(args.out / "model.lrk") if cli.trained_any(learn, done) else None
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
         "config": asdict(config),
@@ -181,7 +185,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "stopped": stopped,
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
-        "model": str(model_path),
+        "model": str(model_path) if model_path is not None else None,
         "data": cli.data_summary(options, dls),
         "versions": cli.versions(),
     }
