@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 import numbers
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,7 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class ExperimentLogger(Callback):
+class ExperimentLogger(Callback, ABC):
     """What the TensorBoard and W&B callbacks share: when and what to log; the subclasses
     say how (`_open`, `_scalars`, `_lr_find`, `_flush`, `_close`).
 
@@ -132,20 +133,24 @@ class ExperimentLogger(Callback):
 
     # ------------------------------------------------------------- the backends' part
 
+    @abstractmethod
     def _open(self, config: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Start the run (rank 0 only) and record the resolved `config` once."""
 
+    @abstractmethod
     def _scalars(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """Log `values` (name -> number) at training step `step`."""
 
+    @abstractmethod
     def _lr_find(self, prefix: str, result: LRFindResult, step: int) -> None:
-        raise NotImplementedError
+        """Log one range test under `prefix`: curve, suggestions, figure, stop reason."""
 
     def _flush(self) -> None:
         """Make what was logged readable (files written)."""
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Finish the run and release its files."""
 
     # ------------------------------------------------------------- the shared part
 
