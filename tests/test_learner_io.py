@@ -163,7 +163,7 @@ def test_predict_an_image_file_with_exported_preprocessing(tmp_path):
     x = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1).expand(3, 4, 4)
     assert torch.allclose(got.probs, torch.softmax(learn.model(x[None])[0], dim=0), atol=1e-6)
     assert got.label in ("cat", "dog")
-    with pytest.raises(ValueError, match="without image preprocessing"):
+    with pytest.raises(TypeError, match="vision_learner"):  # image files are lrkit.vision's
         learn.predict(tmp_path / "red.png")
 
 

@@ -53,14 +53,19 @@ from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, DemoInterrupted, run_demo
-from lrkit.export_file import load_learner
 from lrkit.finder import RangeTestInterrupted
-from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.report import rich_table
 from lrkit.stages import LR_MULT, Stage
-from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
+from lrkit.vision import (
+    JunkWarning,
+    VisionLearner,
+    csv_dataloaders,
+    image_dataloaders,
+    load_learner,
+    vision_learner,
+)
 
 EXIT_SOME_FAILED = 1  # lrkit predict: some files could not be read, the others were predicted
 EXIT_USAGE = 2

@@ -22,7 +22,6 @@ from lrkit import cli
 from lrkit.callbacks import CSVLogger
 from lrkit.cli_args import EPOCHS, HEAD_EPOCHS, LR_MULTIPLIER, UsageError, check_outputs
 from lrkit.finder import RangeTestInterrupted
-from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
 from lrkit.stages import (
@@ -32,6 +31,7 @@ from lrkit.stages import (
     fine_tune_plan,
     run_stages,
 )
+from lrkit.vision.learner import VisionLearner
 
 lr_mult = LR_MULTIPLIER  # --lr-mult's type, for train too
 

@@ -1,13 +1,14 @@
-"""Exports: `export(model, path, ...)` and `load_learner(path).predict(item)`.
+"""Exports: `export(model, path, ...)` writes one, `read_export(path)` reads it back.
 
 An export holds the weights plus how to rebuild the model (an allow-listed builder reference
 with plain keyword arguments, checked at export time by building it and comparing every key
-and shape), the vocabulary and the preprocessing. `load_learner` runs no code from the file:
+and shape), the vocabulary and the preprocessing. `read_export` runs no code from the file:
 the builder is looked up in `lrkit.models.registry`, every field is validated
 (`lrkit.export_fields`), the model is sized on the meta device before anything is allocated,
 and the weights are checked whole before they are copied. A model that no builder can rebuild
 may be exported with `pickle_model=True`; unpickling runs code from the file, so
-`load_learner` then refuses unless called with `trust_pickle=True`.
+`read_export` then refuses unless called with `trust_pickle=True`. Turning images into model
+inputs (`lrkit.vision.load_learner(path).predict(image)`) is lrkit.vision's part.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,6 @@ from lrkit.export_fields import (
 )
 from lrkit.models import registry
 from lrkit.models.weights import tensor_kind_problem
-from lrkit.predictor import Predictor
 
 EXPORT_FORMAT = "lrkit-export"
 # bytes a rebuilt model may hold beyond the weights in its export (non-persistent buffers)
@@ -289,10 +290,21 @@ def _rebuild(
     return model
 
 
-def load_learner(
+@dataclass(frozen=True)
+class Exported:
+    """What an export holds, checked: the model (eval mode, on the device asked) and its labels."""
+
+    model: nn.Module
+    vocab: list[str] | None
+    multi_label: bool
+    preprocess: dict[str, Any] | None  # how an image becomes an input; see lrkit.data.image_input
+    thresh: float  # multi-label decision threshold on the sigmoid
+
+
+def read_export(
     path: str | Path, device: torch.device | str = "cpu", trust_pickle: bool = False
-) -> Predictor:
-    """Read a file written by `Learner.export` and return a `Predictor` (model in eval mode).
+) -> Exported:
+    """Read a file written by `export` (or `Learner.export`): the model rebuilt and its fields.
 
     Loading runs no code from the file: the model is built by a builder on the allow-list of
     `lrkit.models.registry`. `trust_pickle=True` is the one opt-in to run what the file names:
@@ -303,11 +315,10 @@ def load_learner(
     payload = read_torch_file(path, device)
     _check_export(payload, path)
     model = _rebuild(payload, path, device, trust_pickle).to(device).eval()
-    return Predictor(
+    return Exported(
         model,
         payload["vocab"],
         payload["multi_label"],
         payload["preprocess"],
-        torch.device(device),
         float(payload.get("thresh", OPTIONAL_FIELDS["thresh"])),
     )

@@ -13,11 +13,12 @@ accepted where those libraries load; their exports name them, so no pickle is ne
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from lrkit import export_file
@@ -37,8 +38,10 @@ from lrkit.models.split import default_split
 from lrkit.models.vision_model import ARCHS, attach_head, build_network, vision_model
 from lrkit.models.weights import load_pretrained, set_in_chans
 from lrkit.onnx_export import export_onnx
-from lrkit.predictor import Prediction, predict
-from lrkit.thresholds import ThresholdSweep, sweep_thresholds
+from lrkit.prediction import Prediction
+from lrkit.vision import interpret
+from lrkit.vision.predictor import predict
+from lrkit.vision.thresholds import ThresholdSweep, sweep_thresholds
 
 Pretrained = bool | str | Path | None
 Arch = str | Callable[..., nn.Module] | nn.Module
@@ -109,6 +112,12 @@ class VisionLearner(Learner):
             self.device,
             self.thresh,
         )
+
+    def show_results(
+        self, path: str | Path | None = None, n: int = 9, loader: Iterable | None = None
+    ) -> Figure:
+        """First `n` validation images titled actual/predicted (see lrkit.vision.interpret)."""
+        return interpret.show_results(self, path, n, loader)
 
     def to_onnx(self, path: str | Path, size: int | None = None) -> Path:
         """Write the model to `path` as ONNX for serving: input "images" (B, C, size, size),
