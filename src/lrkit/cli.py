@@ -50,9 +50,9 @@ from lrkit.cli_args import (
 )
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
 from lrkit.data.dataloaders import DataLoaders
-from lrkit.data.download import DownloadError
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.demo import DemoConfig, DemoInterrupted, run_demo
+from lrkit.fetch import DownloadError
 from lrkit.finder import RangeTestInterrupted
 from lrkit.metrics import accuracy_multi, error_rate
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready

@@ -30,10 +30,10 @@ from lrkit.compare import (
     write_comparison,
 )
 from lrkit.data.dataloaders import DataLoaders
-from lrkit.data.download import DownloadError, cache_dir
 from lrkit.data.fashion import CLASSES, SYSTEM_DIR, array_dataloaders, load_fashion_mnist
 from lrkit.data.idx import read_idx
 from lrkit.data.subset import balanced_subset
+from lrkit.fetch import DownloadError, cache_dir
 from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
