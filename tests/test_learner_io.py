@@ -13,6 +13,7 @@ from torch import nn
 
 from learner_fixtures import N_IN, TinyNet, make_dls, make_learner
 from lrkit import Prediction, load_learner, register_model
+from lrkit.data.preprocess import Preprocess
 
 
 def _trained():
@@ -174,7 +175,7 @@ def test_export_keeps_the_loaders_normalisation_stats(tmp_path):
     learn.dls.stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     learn.export(tmp_path / "stats.pth")
     predictor = load_learner(tmp_path / "stats.pth")
-    assert predictor.preprocess == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert predictor.preprocess == Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     image = Image.fromarray(np.full((3, 5, 3), 255, dtype=np.uint8))  # white: (1 - 0.5) / 0.25
     got = predictor.predict(image)
     expected = torch.softmax(learn.model(torch.full((1, 3, 3, 5), 2.0))[0], dim=0)

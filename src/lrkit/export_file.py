@@ -24,13 +24,8 @@ import torch
 from torch import nn
 
 from lrkit.checkpoint import VERSION, atomic_save, check_state_dict, first_line, read_torch_file
-from lrkit.export_fields import (
-    first_nonfinite,
-    output_problem,
-    preprocess_problem,
-    thresh_problem,
-    vocab_problem,
-)
+from lrkit.data.preprocess import Preprocess, as_preprocess, preprocess_problem
+from lrkit.export_fields import first_nonfinite, output_problem, thresh_problem, vocab_problem
 from lrkit.models import registry
 from lrkit.models.weights import tensor_kind_problem
 
@@ -111,7 +106,7 @@ def export(
     multi_label: bool = False,
     factory: Callable[..., nn.Module] | str | None = None,
     kwargs: dict[str, Any] | None = None,
-    preprocess: dict[str, Any] | None = None,
+    preprocess: Preprocess | dict[str, Any] | None = None,
     pickle_model: bool = False,
     thresh: float = 0.5,
 ) -> Path:
@@ -119,14 +114,15 @@ def export(
 
     `thresh` is the multi-label decision threshold `Predictor.predict` will use.
 
-    `preprocess` (plain values) says how `predict` turns an image file into a tensor:
-    "presize" (the centre square presized as `image_dataloaders` does), "size" (the centre
-    square resized to it; omit both to keep the size), "mean"/"std" (per channel, for pixels
-    in [0, 1]) and "channels" (1 or 3). See `lrkit.data.image_input`.
+    `preprocess` (a `Preprocess` record, or its dict) says how `predict` turns an image file
+    into a tensor: "presize" (the centre square presized as `image_dataloaders` does), "size"
+    (the centre square resized to it; omit both to keep the size), "mean"/"std" (per channel,
+    for pixels in [0, 1]) and "channels" (1 or 3). See `lrkit.data.preprocess`.
     """
     kwargs = dict(kwargs or {})
     _check_plain(kwargs, "kwargs")
-    _check_plain(preprocess, "preprocess")
+    record = as_preprocess(preprocess)
+    preprocess = (record.to_dict() or None) if record is not None else None
     payload: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": VERSION,
@@ -297,7 +293,7 @@ class Exported:
     model: nn.Module
     vocab: list[str] | None
     multi_label: bool
-    preprocess: dict[str, Any] | None  # how an image becomes an input; see lrkit.data.image_input
+    preprocess: Preprocess | None  # how an image becomes an input; see lrkit.data.preprocess
     thresh: float  # multi-label decision threshold on the sigmoid
 
 
@@ -319,6 +315,6 @@ def read_export(
         model,
         payload["vocab"],
         payload["multi_label"],
-        payload["preprocess"],
+        as_preprocess(payload["preprocess"]),
         float(payload.get("thresh", OPTIONAL_FIELDS["thresh"])),
     )

@@ -28,6 +28,7 @@ from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
 from lrkit.data.dataloaders import length_or_none
+from lrkit.data.preprocess import Preprocess
 from lrkit.layer_groups import (
     Splitter,
     bn_parameter_ids,
@@ -716,17 +717,16 @@ class Learner:
         path: str | Path,
         factory: Callable[..., nn.Module] | str | None = None,
         kwargs: dict[str, Any] | None = None,
-        preprocess: dict[str, Any] | None = None,
+        preprocess: Preprocess | dict[str, Any] | None = None,
         pickle_model: bool = False,
     ) -> Path:
         """Write what `lrkit.load_learner(path).predict(item)` needs; see export_file.export.
 
-        Without `preprocess`, the normalisation stats of `dls.stats` (when set) are stored, so
-        image files are normalised as the batches were; add "size" to resize them too.
+        Without `preprocess`, the loaders' record (`dls.preprocess`: presize, size and stats,
+        when known) is stored, so image files become inputs as the validation batches did.
         """
-        if preprocess is None and getattr(self.dls, "stats", None) is not None:
-            mean, std = self.dls.stats
-            preprocess = {"mean": [float(m) for m in mean], "std": [float(v) for v in std]}
+        if preprocess is None:
+            preprocess = self.dls.preprocess
         return export_file.export(
             self.model,
             path,

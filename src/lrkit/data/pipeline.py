@@ -31,6 +31,7 @@ from lrkit.data.labels import (
     regex_labeller,
 )
 from lrkit.data.loader import ImageBatches, ImageItems, default_num_workers
+from lrkit.data.preprocess import Preprocess
 from lrkit.data.presize import PresizeConfig
 from lrkit.data.splits import random_split, split_by_folder, split_from_names
 from lrkit.fetch import cache_dir
@@ -175,7 +176,12 @@ def build_dataloaders(
             )
         )
     return DataLoaders(
-        loaders[0], loaders[1], vocab=vocab, multi_label=multi_label, stats=stats, junk=junk
+        loaders[0],
+        loaders[1],
+        vocab=vocab,
+        multi_label=multi_label,
+        junk=junk,
+        preprocess=Preprocess(presize=presize, size=size, mean=stats[0], std=stats[1]),
     )
 
 

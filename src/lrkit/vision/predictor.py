@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from lrkit.data.image_input import image_input
+from lrkit.data.preprocess import Preprocess
 from lrkit.export_file import read_export
 from lrkit.prediction import Prediction, as_tensor, predict_tensor
 
@@ -29,7 +30,7 @@ def predict(
     item: Any,
     vocab: Sequence[str] | None,
     multi_label: bool,
-    preprocess: dict[str, Any] | None,
+    preprocess: Preprocess | None,
     device: torch.device | str,
     thresh: float = 0.5,
 ) -> Prediction:
@@ -52,7 +53,7 @@ class Predictor:
     model: nn.Module
     vocab: list[str] | None
     multi_label: bool
-    preprocess: dict[str, Any] | None
+    preprocess: Preprocess | None  # how an image file becomes the model's input
     device: torch.device
     thresh: float = 0.5  # multi-label decision threshold on the sigmoid
 
