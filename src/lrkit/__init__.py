@@ -11,8 +11,9 @@ from lrkit.callbacks import (
     SaveBestModel,
 )
 from lrkit.compare import CompareConfig, Comparison, compare_rules
+from lrkit.config import DataConfig, RangeTestConfig
 from lrkit.data import DataLoaders
-from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
+from lrkit.finder import lr_find, lr_find_repeated
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.loggers import TensorBoardCallback, WandbCallback
@@ -43,6 +44,7 @@ __all__ = [
     "ClassificationInterpretation",
     "CompareConfig",
     "Comparison",
+    "DataConfig",
     "DataLoaders",
     "EarlyStopping",
     "LRFindResult",

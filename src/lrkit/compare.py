@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lrkit import suggest
+from lrkit.config import RANGE_TEST
 from lrkit.learner import Learner
 from lrkit.plots import valid_loss_per_rule_figure
 from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
@@ -40,9 +41,9 @@ class CompareConfig:
     rules: tuple[str, ...] = DEFAULT_RULES
     epochs: int = 2
     schedule: str = "one-cycle"  # "one-cycle" (fit_one_cycle at the rule's lr) or "constant"
-    num_it: int = 100  # steps of the range test
-    start_lr: float = 1e-7  # the range test's sweep
-    end_lr: float = 10.0
+    num_it: int = RANGE_TEST.num_it  # steps of the range test
+    start_lr: float = RANGE_TEST.start_lr  # the range test's sweep
+    end_lr: float = RANGE_TEST.end_lr
     metric: str = "error_rate"  # the column the table ranks the rules by (lower is better)
 
     def check(self) -> None:

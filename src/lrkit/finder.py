@@ -12,7 +12,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -24,58 +24,11 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 
 from lrkit.batch import ForwardFn, default_forward, to_device
+from lrkit.config import RANGE_TEST, RangeTestConfig
 from lrkit.layer_groups import eval_mode
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
 from lrkit.step import backward_share, window_size
-
-
-@dataclass(frozen=True)
-class RangeTestConfig:
-    """The settings of one range test; saved with its result."""
-
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    num_it: int = 100
-    mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
-    beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
-    div_thresh: float | None = 4.0  # stop once the smoothed loss rises (div_thresh - 1) x the
-    # curve's scale above its best; see `has_diverged` (None: never stop on divergence)
-    accum_steps: int = 1  # batches whose gradients are averaged in each optimizer step
-    val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
-    grad_clip: float | None = None  # max gradient norm, None for no clipping
-
-    def check(self) -> None:
-        """Refuse impossible settings before anything is touched."""
-        if not (self.start_lr > 0 and math.isfinite(self.end_lr)):
-            raise ValueError(
-                f"start_lr must be > 0 and end_lr finite, got start_lr={self.start_lr}, "
-                f"end_lr={self.end_lr}"
-            )
-        if self.start_lr >= self.end_lr:
-            raise ValueError(
-                f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the range "
-                "test sweeps upwards"
-            )
-        if isinstance(self.num_it, bool) or not isinstance(self.num_it, int):
-            raise ValueError(f"num_it must be a whole number of steps, got {self.num_it!r}")
-        if self.num_it < 10:
-            raise ValueError(
-                f"num_it={self.num_it} is too few: the suggestion rules drop the first 10% and "
-                "the last 5 points; use num_it >= 10 (100 is typical)"
-            )
-        if self.mode not in ("exp", "linear"):
-            raise ValueError(f"mode must be 'exp' or 'linear', got {self.mode!r}")
-        if not 0 <= self.beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
-        if self.div_thresh is not None and self.div_thresh <= 1:
-            raise ValueError(
-                f"div_thresh must be > 1 (or None to never stop), got {self.div_thresh}"
-            )
-        if self.accum_steps < 1:
-            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        if self.val_batches < 1:
-            raise ValueError(f"val_batches must be >= 1, got {self.val_batches}")
 
 
 def sweep_lr(step: int, config: RangeTestConfig) -> float:
@@ -247,15 +200,15 @@ def lr_find(
     train_loader: Iterable,
     loss_fn: Callable[[Any, Any], torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_it: int = 100,
-    mode: str = "exp",
-    beta: float = 0.98,
-    div_thresh: float | None = 4.0,
+    start_lr: float = RANGE_TEST.start_lr,
+    end_lr: float = RANGE_TEST.end_lr,
+    num_it: int = RANGE_TEST.num_it,
+    mode: str = RANGE_TEST.mode,
+    beta: float = RANGE_TEST.beta,
+    div_thresh: float | None = RANGE_TEST.div_thresh,
     *,
     val_loader: Iterable | None = None,
-    val_batches: int = 4,
+    val_batches: int = RANGE_TEST.val_batches,
     accum_steps: int = 1,
     autocast_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,

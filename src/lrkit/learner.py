@@ -26,6 +26,7 @@ from torch import nn
 from lrkit import checkpoint, export_file, finder
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
+from lrkit.config import RANGE_TEST
 from lrkit.data import DataLoaders
 from lrkit.data.dataloaders import length_or_none
 from lrkit.data.preprocess import Preprocess
@@ -529,15 +530,15 @@ class Learner:
 
     def lr_find(
         self,
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_it: int = 100,
-        mode: str = "exp",
-        beta: float = 0.98,
-        div_thresh: float | None = 4.0,
+        start_lr: float = RANGE_TEST.start_lr,
+        end_lr: float = RANGE_TEST.end_lr,
+        num_it: int = RANGE_TEST.num_it,
+        mode: str = RANGE_TEST.mode,
+        beta: float = RANGE_TEST.beta,
+        div_thresh: float | None = RANGE_TEST.div_thresh,
         *,
         use_valid: bool = False,
-        val_batches: int = 4,
+        val_batches: int = RANGE_TEST.val_batches,
         snapshot: str = "memory",
         progress: bool | None = None,
     ) -> LRFindResult:
@@ -573,15 +574,15 @@ class Learner:
     def lr_find_repeated(
         self,
         repeats: int = 3,
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_it: int = 100,
-        mode: str = "exp",
-        beta: float = 0.98,
-        div_thresh: float | None = 4.0,
+        start_lr: float = RANGE_TEST.start_lr,
+        end_lr: float = RANGE_TEST.end_lr,
+        num_it: int = RANGE_TEST.num_it,
+        mode: str = RANGE_TEST.mode,
+        beta: float = RANGE_TEST.beta,
+        div_thresh: float | None = RANGE_TEST.div_thresh,
         *,
         use_valid: bool = False,
-        val_batches: int = 4,
+        val_batches: int = RANGE_TEST.val_batches,
         snapshot: str = "memory",
         progress: bool | None = None,
     ) -> RepeatedLRFind:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lrkit.config import DATA
+
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -25,7 +27,7 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 class AugConfig:
     """Magnitudes of the training augmentation; all zero (and min_scale 1) = no augmentation."""
 
-    min_scale: float = 0.75  # smallest crop area, as a fraction of the image
+    min_scale: float = DATA.min_scale  # smallest crop area, as a fraction of the image
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range
     flip: bool = True  # horizontal flip with probability 0.5
     max_rotate: float = 10.0  # degrees either way
