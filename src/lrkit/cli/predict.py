@@ -19,7 +19,7 @@ from lrkit.cli.args import (
 from lrkit.cli.args import (
     add_command as add_command_to,
 )
-from lrkit.export_file import load_learner
+from lrkit.vision import load_learner
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
