@@ -336,7 +336,7 @@ def test_library_errors_speak_cli_flags(argv, flag, pets_root, tmp_path, capsys)
 
 def test_flag_translation_leaves_paths_and_words_alone():
     from lrkit.cli import build_parser
-    from lrkit.cli_args import option_names, speak_flags
+    from lrkit.cli.args import option_names, speak_flags
 
     flags = option_names(build_parser())
     message = (
@@ -382,7 +382,7 @@ def ctrl_c_at(monkeypatch, batch, how="signal"):
     import os
     import signal
 
-    import lrkit.cli
+    import lrkit.cli.setup
     from lrkit.callbacks import ProgressCallback
 
     class CtrlC(ProgressCallback):
@@ -396,7 +396,7 @@ def ctrl_c_at(monkeypatch, batch, how="signal"):
             elif CtrlC.seen == batch:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(lrkit.cli, "ProgressCallback", CtrlC)
+    monkeypatch.setattr(lrkit.cli.setup, "ProgressCallback", CtrlC)
 
 
 def test_ctrl_c_in_the_frozen_stage_stops_the_whole_train(fashion, tmp_path, monkeypatch, capsys):

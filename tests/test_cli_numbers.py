@@ -4,7 +4,7 @@ line naming the flag and the range, exit 2, before any work (no worker process, 
 import pytest
 
 from lrkit.cli import build_parser, main
-from lrkit.cli_args import MAX_WORKERS, Range, UsageError
+from lrkit.cli.args import MAX_WORKERS, Range, UsageError
 
 
 def numeric_options():

@@ -5,8 +5,6 @@ epochs on the head (fit_one_cycle), unfreeze, a new range test, N epochs at slic
 hi). The stages themselves are the library's (`lrkit.stages`); this module adds what a command
 does around them: one metrics.csv for all stages, a plot per range test, the warnings on screen,
 Ctrl-C and an untrustworthy suggestion turned into a record of what was done.
-
-`lrkit.cli` imports this module inside its functions (this one imports `lrkit.cli`).
 """
 
 from __future__ import annotations
@@ -18,34 +16,68 @@ from typing import Any
 
 from rich.console import Console
 
-from lrkit import cli
 from lrkit.callbacks import CSVLogger
-from lrkit.cli_args import EPOCHS, HEAD_EPOCHS, LR_MULTIPLIER, UsageError, check_outputs
+from lrkit.cli.args import (
+    EPOCHS,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    HEAD_EPOCHS,
+    LR_MULTIPLIER,
+    Unfinished,
+    UsageError,
+    add_data,
+    add_model,
+    add_range_test,
+    check_outputs,
+    parse_lr,
+)
+from lrkit.cli.args import (
+    add_command as add_command_to,
+)
+from lrkit.cli.output import describe_lr
+from lrkit.cli.results import (
+    data_summary,
+    plot_partial_curve,
+    trained_any,
+    versions,
+    write_training_plots,
+    written_list,
+)
+from lrkit.cli.setup import (
+    resolved_arch,
+    resolved_pretrained,
+    setup,
+)
 from lrkit.finder import RangeTestInterrupted
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
-from lrkit.stages import (
-    LR_MULT,
-    Stage,
-    StageResult,
-    fine_tune_plan,
-    run_stages,
-)
+from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
 from lrkit.vision.learner import VisionLearner
 
-lr_mult = LR_MULTIPLIER  # --lr-mult's type, for train too
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `lrkit fine-tune` beyond data, model and range test."""
+def add_command(commands: argparse._SubParsersAction) -> None:
+    parser = add_command_to(
+        commands,
+        "fine-tune",
+        "fastai's fine_tune: range test, head epochs, unfreeze, range test, sliced lrs",
+        "With --lr a rule (auto, minimum, valley, ...): a range test on the frozen body, "
+        "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
+        "--epochs epochs at slice(hi / --lr-mult, hi). With --lr a number hi: the head at hi, "
+        "then slice(hi / --lr-mult, hi). Writes model.lrk, metrics.csv, losses.png, "
+        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png and fine_tune.json.",
+    )
+    add_data(parser)
+    add_model(parser)
+    add_range_test(parser)
     parser.add_argument("--epochs", type=EPOCHS, default=1, help="epochs after unfreezing")
     parser.add_argument(
         "--freeze-epochs", type=HEAD_EPOCHS, default=1, help="head-only epochs first"
     )
     parser.add_argument("--lr", default="auto", help="a rule name (auto, minimum, ...) or a number")
     parser.add_argument(
-        "--lr-mult", type=lr_mult, default=LR_MULT, help="last group's rate / first group's"
+        "--lr-mult", type=LR_MULTIPLIER, default=LR_MULT, help="last group's rate / first group's"
     )
+    parser.set_defaults(run=run_fine_tune)
 
 
 def train_in_stages(
@@ -87,10 +119,12 @@ def train_in_stages(
             progress=False,
         ):
             done.append(result)
-            console.print(f"{result.name} stage: {result.epochs} epochs at {describe(result.lr)}")
+            console.print(
+                f"{result.name} stage: {result.epochs} epochs at {describe_lr(result.lr)}"
+            )
     except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
         stage, steps = plan[len(done)], len(stop.partial.lrs)
-        cli.plot_partial_curve(stop.partial, args.out / f"lr_find_{range_test_name(stage)}.png")
+        plot_partial_curve(stop.partial, args.out / f"lr_find_{range_test_name(stage)}.png")
         interrupted = (
             f"in the range test before the {stage.name} stage, after {steps} of "
             f"{stop.partial.num_it} steps"
@@ -113,13 +147,6 @@ def range_test_name(stage: Stage) -> str:
     return "unfrozen" if stage.freeze is False else stage.name
 
 
-def describe(lr: LrSpec) -> str | float:
-    """A learning rate for people: 3e-3, or slice(1.00e-05, 1.00e-03)."""
-    if isinstance(lr, slice):
-        return f"slice({lr.start:.2e}, {lr.stop:.2e})"
-    return lr if isinstance(lr, float) else str(lr)
-
-
 @dataclass(frozen=True)
 class FineTuneConfig:
     """`lrkit fine-tune`'s fully resolved settings, saved in fine_tune.json."""
@@ -138,9 +165,9 @@ class FineTuneConfig:
     device: str
 
 
-def parse_lr(text: str) -> float | str:
+def parse_head_lr(text: str) -> float | str:
     """--lr for fine-tune: a rule name or one positive number (the head's rate, hi)."""
-    spec = cli.parse_lr(text)
+    spec = parse_lr(text)
     if isinstance(spec, slice):
         raise UsageError(
             f"--lr {text}: fine-tune spreads the rate itself as slice(hi / --lr-mult, hi); give "
@@ -151,13 +178,13 @@ def parse_lr(text: str) -> float | str:
 
 def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit fine-tune`: range test, head epochs, unfreeze, range test, slice(hi/m, hi)."""
-    lr = parse_lr(args.lr)
+    lr = parse_head_lr(args.lr)
     plan = fine_tune_stages(args.epochs, lr, args.freeze_epochs, args.lr_mult)
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "fine_tune.json"]
     if isinstance(lr, str):
         outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
     check_outputs(args.out, outputs)
-    options, dls, learn = cli._setup(args, console)
+    options, dls, learn = setup(args, console)
     config = FineTuneConfig(
         epochs=args.epochs,
         freeze_epochs=args.freeze_epochs,
@@ -166,16 +193,16 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         num_it=args.num_it,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
-        arch=cli.resolved_arch(args),
-        pretrained=str(cli.resolved_pretrained(args)),
+        arch=resolved_arch(args),
+        pretrained=str(resolved_pretrained(args)),
         precision=args.precision,
         seed=args.seed,
         device=str(learn.device),
     )
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
 
-    plots = cli.write_training_plots(learn, args.out)
-    model_path = learn.export(args.out / "model.lrk") if cli.trained_any(learn, done) else None
+    plots = write_training_plots(learn, args.out)
+    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
         "config": asdict(config),
@@ -186,17 +213,17 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "diverged": learn.diverged,
         "stop_reason": learn.stop_reason,
         "model": str(model_path) if model_path is not None else None,
-        "data": cli.data_summary(options, dls),
-        "versions": cli.versions(),
+        "data": data_summary(options, dls),
+        "versions": versions(),
     }
     (args.out / "fine_tune.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
-    written = cli.written_list(args.out, model_path, plots, "fine_tune.json")
+    written = written_list(args.out, model_path, plots, "fine_tune.json")
     if interrupted:
-        raise cli.Unfinished(
-            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, cli.EXIT_INTERRUPTED
+        raise Unfinished(
+            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
         )
     if stopped:
-        raise cli.Unfinished(f"{stopped}; wrote {written}", record, cli.EXIT_USAGE)
+        raise Unfinished(f"{stopped}; wrote {written}", record, EXIT_USAGE)
     console.print(f"wrote {written}")
     return record
 

@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lrkit import suggest
 from lrkit.config import DATA, RANGE_TEST
 
 DATASETS = ("fashion-mnist", "pets")
+
+
+EXIT_SOME_FAILED = 1  # lrkit predict: some files could not be read, the others were predicted
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class UsageError(Exception):
@@ -46,6 +52,16 @@ class Parser(argparse.ArgumentParser):
             message = f"{name} {reason}" if reason.startswith("must") else f"{name}: {reason}"
         one_line = " ".join(message.split())
         raise ArgumentError(self.prog, f"{one_line} (see {self.prog} --help)")
+
+
+class Unfinished(Exception):
+    """A command did part of its work: `record` is what it did (written, and printed under
+    --json), `code` the exit code: EXIT_INTERRUPTED after Ctrl-C, EXIT_SOME_FAILED when some
+    inputs could not be used."""
+
+    def __init__(self, message: str, record: dict[str, Any], code: int) -> None:
+        super().__init__(message)
+        self.record, self.code = record, code
 
 
 # ------------------------------------------------------------------------------ value types
@@ -108,6 +124,15 @@ LR_MULTIPLIER = Range(float, 1, 1e6)  # --lr-mult
 
 
 # ------------------------------------------------------------------------------ option groups
+
+
+def add_command(
+    commands: argparse._SubParsersAction, name: str, summary: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand with the options every command has (--out, --json, --seed, --device)."""
+    sub = commands.add_parser(name, help=summary, description=description)
+    add_common(sub)
+    return sub
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -257,3 +282,23 @@ def not_a_file(path: str | Path) -> str | None:
     if stat.S_ISSOCK(mode):
         return "is a socket"
     return "is a device"
+
+
+def parse_lr(text: str) -> float | slice | str:
+    """'3e-3' -> 0.003; '1e-5:1e-3' -> slice(1e-5, 1e-3); a rule name stays a string."""
+    if text in suggest.rule_names():
+        return text
+    parts = text.split(":")
+    if len(parts) > 2 or not all(re.fullmatch(r"[0-9.eE+-]+", part) for part in parts):
+        raise UsageError(
+            f"--lr {text!r} is not a number, LO:HI, or a rule ({', '.join(suggest.rule_names())})"
+        )
+    try:
+        rates = [LEARNING_RATE(part) for part in parts]
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--lr {error}") from None
+    if len(rates) == 1:
+        return rates[0]
+    if not rates[0] <= rates[1]:
+        raise UsageError(f"--lr {text}: LO:HI needs LO <= HI")
+    return slice(rates[0], rates[1])

@@ -1,0 +1,126 @@
+"""`lrkit train`: fit_one_cycle (or a constant rate), optionally after head-only epochs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+
+from lrkit.cli.args import (
+    EPOCHS,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    HEAD_EPOCHS,
+    LR_MULTIPLIER,
+    Unfinished,
+    add_data,
+    add_model,
+    add_range_test,
+    check_outputs,
+    parse_lr,
+)
+from lrkit.cli.args import (
+    add_command as add_command_to,
+)
+from lrkit.cli.finetune import range_test_name, train_in_stages
+from lrkit.cli.output import describe_lr
+from lrkit.cli.results import (
+    data_summary,
+    trained_any,
+    versions,
+    write_training_plots,
+    written_list,
+)
+from lrkit.cli.setup import (
+    setup,
+)
+from lrkit.range_test_result import finite_or_none, json_ready
+from lrkit.stages import LR_MULT, Stage
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    train = add_command_to(
+        commands,
+        "train",
+        "fit with a fixed, sliced or suggested learning rate",
+        "Train with fit_one_cycle (or a constant lr). --lr takes a number, LO:HI for "
+        "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
+        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
+    )
+    add_data(train)
+    add_model(train)
+    add_range_test(train)
+    train.add_argument("--epochs", type=EPOCHS, default=1)
+    train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
+    train.add_argument(
+        "--freeze-epochs", type=HEAD_EPOCHS, default=0, help="head-only epochs first"
+    )
+    train.add_argument("--schedule", choices=("one-cycle", "constant"), default="one-cycle")
+    train.add_argument(
+        "--lr-mult",
+        type=LR_MULTIPLIER,
+        default=LR_MULT,
+        help="with a rule and --freeze-epochs: after unfreezing, slice(hi / LR_MULT, hi)",
+    )
+    train.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """`lrkit train`: optional frozen epochs, then training; exported model, CSV and plots.
+
+    With a rule and --freeze-epochs, the stages are fine-tune's: a range test before each, and
+    slice(hi / --lr-mult, hi) after unfreezing.
+    """
+    spec = parse_lr(args.lr)
+    if args.freeze_epochs:  # (stage name, epochs, freeze, lr_mult): the head, then every group
+        mult = args.lr_mult if isinstance(spec, str) else None
+        plan = [
+            Stage("frozen", args.freeze_epochs, spec, freeze=True),
+            Stage("train", args.epochs, spec, freeze=False, lr_mult=mult),
+        ]
+    else:
+        plan = [Stage("train", args.epochs, spec)]
+    outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
+    if isinstance(spec, str):  # a rule: one range-test plot per stage
+        outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
+    check_outputs(args.out, outputs)
+    options, dls, learn = setup(args, console)
+    done, interrupted, stopped = train_in_stages(args, learn, plan, console)
+    stages = [
+        {
+            "stage": result.name,
+            "epochs": result.epochs,
+            "lr": describe_lr(result.lr),
+            "range_test_warnings": result.range_test.warnings if result.range_test else [],
+        }
+        for result in done
+    ]
+
+    plots = write_training_plots(learn, args.out)
+    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
+    final = learn.recorder.log[-1] if learn.recorder.log else {}
+    record = {
+        "stages": stages,
+        "final": {
+            k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
+        },
+        "interrupted": interrupted is not None,
+        "stopped": stopped,
+        "diverged": learn.diverged,
+        "stop_reason": learn.stop_reason,
+        "model": str(model_path) if model_path is not None else None,
+        "data": data_summary(options, dls),
+        "versions": versions(),
+    }
+    (args.out / "train.json").write_text(json.dumps(json_ready(record), indent=2, default=str))
+    written = written_list(args.out, model_path, plots, "train.json")
+    if interrupted:
+        raise Unfinished(
+            f"interrupted (Ctrl-C) {interrupted}; wrote {written}", record, EXIT_INTERRUPTED
+        )
+    if stopped:
+        raise Unfinished(f"{stopped}; wrote {written}", record, EXIT_USAGE)
+    console.print(f"wrote {written}")
+    return record
