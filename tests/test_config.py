@@ -8,10 +8,12 @@ import inspect
 import pytest
 
 import lrkit
+from data_fixtures import write_image
 from lrkit.cli import build_parser
+from lrkit.cli.setup import _data_options, load_data
 from lrkit.compare import CompareConfig
 from lrkit.config import DATA, RANGE_TEST
-from lrkit.data.augment import AugConfig
+from lrkit.data.augment import AugConfig, BatchTransform
 from lrkit.data.fashion import array_dataloaders, fashion_mnist
 from lrkit.data.pipeline import build_dataloaders
 from lrkit.data.presize import PresizeConfig
@@ -48,6 +50,7 @@ def test_data_signatures_take_the_config_defaults(fn):
 def test_the_other_records_agree():
     assert PresizeConfig().presize == DATA.presize
     assert AugConfig().min_scale == DATA.min_scale
+    assert BatchTransform().size == DATA.size
     assert defaults(fashion_mnist)["seed"] == defaults(array_dataloaders)["seed"] == DATA.seed
     compare = CompareConfig()
     assert (compare.num_it, compare.start_lr, compare.end_lr) == (
@@ -74,3 +77,15 @@ def test_the_design_defaults():  # DESIGN.md's API: image_dataloaders(valid_pct=
     assert lrkit.RangeTestConfig() == RANGE_TEST  # the public name is the same class
     with pytest.raises(dataclasses.FrozenInstanceError):
         DATA.seed = 0
+
+
+def test_an_image_folder_from_the_command_line_is_split_as_the_library_splits_it(tmp_path):
+    for i in range(5):
+        for name in ("cat", "dog"):
+            write_image(tmp_path / f"{name}_{i}.png", (12, 12), "RGB", seed=i)
+    args = build_parser().parse_args(["find", "--data", str(tmp_path), "--label-re", r"^(\w+)_"])
+    options = _data_options(args)  # no --valid-pct, no --seed: the defaults
+    with_cli = load_data(dataclasses.replace(options, workers=0, presize=12, size=8))
+    with_lib = image_dataloaders(tmp_path, label_re=r"^(\w+)_", presize=12, size=8, num_workers=0)
+    assert with_cli.n_valid == with_lib.n_valid == round(DATA.valid_pct * 10)
+    assert with_cli.valid.dataset.paths == with_lib.valid.dataset.paths  # the same seed

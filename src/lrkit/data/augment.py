@@ -182,7 +182,7 @@ def light_and_normalize(
 class BatchTransform:
     """uint8 (B, 3, H, W) -> float normalised (B, 3, size, size); augmented when `train`."""
 
-    size: int = 224
+    size: int = DATA.size
     aug: AugConfig = AugConfig()
     stats: tuple[tuple[float, ...], tuple[float, ...]] = IMAGENET_STATS
     train: bool = True
