@@ -1,7 +1,8 @@
 """Pretrained weights into a model: read a file safely, map its key names, check, load strictly.
 
 Files: torchvision `.pth` state dicts, timm `.safetensors`/`.pth` (the same key names for
-ResNets once wrappers and prefixes are gone), lrkit's own `save`/`export` files, and
+ResNets once wrappers and prefixes are gone; `.safetensors` read by the `safetensors` package,
+measured at 4.2x the speed of lrkit's former own reader with half its memory, issue 14), lrkit's own `save`/`export` files, and
 EfficientNet-PyTorch files for EfficientNet-Lite (their names mapped onto timm's). The check is
 key-by-key against the model's state_dict, and an error names the file and the first
 mismatches. Two deliberate exceptions to "strict": a classifier whose shape differs from the
@@ -23,7 +24,8 @@ from lrkit.models.efficientnet import (
     is_efficientnet_pytorch,
     stage_depths,
 )
-from lrkit.models.safetensors_file import read_safetensors
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 # Containers that hold the state_dict one level down: ours, training scripts', timm's.
@@ -51,6 +53,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "a .safetensors file, or a file written by Learner.save/export"
         ) from err
     return _unwrap(obj, path)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file by name, on the CPU. The format is a JSON header
+    and raw bytes, so nothing in the file runs; the package checks that the header is JSON,
+    that every dtype is known and that each tensor's byte range lies inside the file, without
+    gaps or overlaps. Raises ValueError naming the file when any check fails."""
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a safetensors file, or it is cut or corrupt ({err}); download it "
+            "again or pass a torchvision/timm .pth"
+        ) from err
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
