@@ -1,13 +1,15 @@
 """Pretrained weights into a model: read a file safely, map its key names, check, load strictly.
 
 Files: torchvision `.pth` state dicts, timm `.safetensors`/`.pth` (the same key names for
-ResNets once wrappers and prefixes are gone; `.safetensors` read by the `safetensors` package,
-measured at 4.2x the speed of lrkit's former own reader with half its memory, issue 14), lrkit's own `save`/`export` files, and
+ResNets once wrappers and prefixes are gone), lrkit's own `save`/`export` files, and
 EfficientNet-PyTorch files for EfficientNet-Lite (their names mapped onto timm's). The check is
 key-by-key against the model's state_dict, and an error names the file and the first
 mismatches. Two deliberate exceptions to "strict": a classifier whose shape differs from the
 file's (another number of classes) keeps its fresh weights, and a first convolution with
 another number of input channels gets the file's filters adapted (`adapt_input_conv`).
+
+`.safetensors` files are read by the `safetensors` package: measured at 4.2x the speed of
+lrkit's former own reader with half its memory (issue 14).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from lrkit.models.efficientnet import (
@@ -24,8 +28,6 @@ from lrkit.models.efficientnet import (
     is_efficientnet_pytorch,
     stage_depths,
 )
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 # Containers that hold the state_dict one level down: ours, training scripts', timm's.
