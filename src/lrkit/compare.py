@@ -298,6 +298,7 @@ def _train_at_rule(
         note = f"the range test's curve is too short for {rule}: raise num_it"
         return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=note)
     began = time.perf_counter()
+    learn.recorder.clear()  # every rule trains from the same start: its history is its own
     if config.schedule == "one-cycle":
         learn.fit_one_cycle(config.epochs, lr)
     else:

@@ -188,8 +188,11 @@ class LRFindResult:
 
     # -- output ---------------------------------------------------------------------------
     def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
-        """Loss against lr on a log axis, with every rule's suggestion marked and labelled."""
-        return lr_find_figure(self.lrs, self.losses, self.raw_losses, self.suggestions, path, ax)
+        """Loss against lr on a log axis, with every rule's suggestion marked and labelled
+        (rules that agree share a marker) and the warnings written in the figure."""
+        return lr_find_figure(
+            self.lrs, self.losses, self.raw_losses, self.suggestions, path, ax, self.warnings
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers, ready for JSON (NaN suggestions become null)."""
