@@ -111,16 +111,21 @@ def lr_find_figure(
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("learning-rate range test")
-    for row, note in enumerate(warnings):
+    lines = [
+        textwrap.fill("warning: " + note.split(";")[0], 95, subsequent_indent="  ")
+        for note in warnings
+    ]
+    if lines:
         ax.text(
             0.01,
-            0.98 - 0.07 * row,
-            "warning: " + textwrap.shorten(note.split(";")[0], 90, placeholder="..."),
+            0.98,
+            "\n".join(lines),
             transform=ax.transAxes,
             ha="left",
             va="top",
             fontsize=8,
             color="C3",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
         )
     return save_figure(fig, path)
 
@@ -168,8 +173,10 @@ def smooth(values: Sequence[float], beta: float = SMOOTH_BETA) -> np.ndarray:
 
 
 def integer_epoch_axis(ax: Axes) -> None:
-    """Ticks on whole epochs only, labelled "epoch"."""
+    """Ticks on whole epochs only, labelled "epoch", the axis starting at epoch 0."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if ax.has_data():
+        ax.set_xlim(left=0)
     ax.set_xlabel("epoch")
 
 
