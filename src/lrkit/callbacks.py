@@ -33,6 +33,7 @@ from rich.table import Table
 
 from lrkit import plots
 from lrkit.history import FitRecord
+from lrkit.report import plural
 
 if TYPE_CHECKING:
     from lrkit.learner import Learner
@@ -322,7 +323,7 @@ class EarlyStopping(Callback):
             learn.stop = True
             learn.stop_reason = (
                 f"early stopping: {self._monitor.monitor} has not improved on "
-                f"{self._monitor.best:.6f} for {self.wait} epochs"
+                f"{self._monitor.best:.6f} for {plural(self.wait, 'epoch')}"
             )
 
 
