@@ -87,6 +87,19 @@ def test_the_training_loss_is_smoothed_with_the_raw_losses_behind():
     assert np.allclose(smoothed.get_ydata(), smooth(fit.losses))
 
 
+def test_a_fit_without_batches_leaves_no_mark():
+    learn = make_learner(splitter=body_head)
+    learn.freeze()
+    learn.fit_one_cycle(1, 1e-2)
+    learn.fit_one_cycle(0, 1e-2)
+    learn.unfreeze()
+    learn.fit_one_cycle(1, 1e-3)
+    assert len(learn.recorder.fits) == 3
+    for fig in (learn.recorder.plot_losses(), learn.recorder.plot_schedule()):
+        marks = [(line.get_xdata()[0], line.get_label()) for line in vertical_lines(fig.axes[0])]
+        assert marks == [(1, "unfreeze")]
+
+
 def test_batches_of_an_unfinished_epoch_sit_inside_it():
     fit = FitRecord(0, 1, 4, losses=[1.0] * 6, iters_per_epoch=[4])  # stopped after 2 of 4
     assert np.allclose(batch_positions(fit), [0.25, 0.5, 0.75, 1.0, 1.25, 1.5])

@@ -205,7 +205,9 @@ def plot_losses(stages: Sequence[FitRecord], path: str | Path | None = None) -> 
     """Training loss per batch, smoothed as fastai's plot_loss draws it (debiased EMA, beta
     `SMOOTH_BETA`, restarted at each fit) with the raw losses faint behind, and the validation
     loss at the end of each epoch; x is the epoch, every fit after the one before it, each
-    change between fits (e.g. "unfreeze") a dashed vertical line."""
+    change between fits (e.g. "unfreeze") a dashed vertical line. Fits without a batch (0
+    epochs, or stopped before the first) are left out."""
+    stages = [stage for stage in stages if stage.losses]
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     valid_xs, valid_ys = [], []
@@ -245,7 +247,9 @@ def plot_losses(stages: Sequence[FitRecord], path: str | Path | None = None) -> 
 
 def plot_schedule(stages: Sequence[FitRecord], path: str | Path | None = None) -> Figure:
     """Learning rate of every layer group (log scale) and the momentum against the epoch,
-    every fit after the one before it, each change between fits a dashed vertical line."""
+    every fit after the one before it, each change between fits a dashed vertical line; fits
+    without a batch are left out."""
+    stages = [stage for stage in stages if stage.lrs]
     fig = Figure(figsize=(9, 3.6))
     ax_lr, ax_mom = fig.subplots(1, 2)
     starts = fit_starts(stages)
