@@ -8,6 +8,11 @@ gets a 3x3 matrix M that maps an output pixel to the input position it samples f
 
 so the random-resized crop, flip, rotation, zoom and perspective warp cost one resampling
 pass together. Every random draw takes the caller's `torch.Generator`, on the batch's device.
+
+Why lrkit's own code and not a library's: per image, this one-pass augmentation ran 1.7x as
+fast as torchvision's transforms.v2 and 2.7x as fast as kornia's (measured by the filer of
+issue 14; not re-measured here, where neither library can be imported with the CPU torch
+build). Those libraries resample once per transform; the merged matrix resamples once.
 """
 
 from __future__ import annotations
