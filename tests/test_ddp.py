@@ -124,3 +124,38 @@ def test_a_stop_on_one_rank_stops_every_rank_at_the_same_batch(ranks):
     assert results[0]["stop"][:3] == results[1]["stop"][:3] == [0, 1, True]
     assert results[0]["stop"][3] == "another process stopped training"
     assert results[0]["nan"] == results[1]["nan"] == [0, 2, True]
+
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_cli_train_under_torchrun_writes_once_and_prints_one_json(tmp_path):
+    from data_fixtures import fake_fashion_files
+
+    data, out = tmp_path / "fashion", tmp_path / "out"
+    data.mkdir()
+    for name, content in fake_fashion_files(n_train=200, n_test=41).items():
+        (data / name).write_bytes(content)
+    argv = [
+        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "lrkit", "train",
+        "--dataset", "fashion-mnist", "--data", str(data), "--bs", "50", "--device", "cpu",
+        "--seed", "1", "--epochs", "1", "--lr", "valley", "--num-it", "10", "--out", str(out),
+        "--json",
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, env=ddp_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)  # one JSON object: rank 1 printed nothing
+    assert record["model"] == str(out / "model.lrk")
+    assert record["data"]["n_valid"] == 41
+    assert sorted(p.name for p in out.iterdir()) == [
+        "losses.png", "lr_find_train.png", "metrics.csv", "model.lrk", "schedule.png",
+        "train.json",
+    ]  # fmt: skip
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header, one epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion", "out"]  # no lrkit-out
+    assert done.stderr.count("wrote ") == 1  # the summary line comes from rank 0 alone
