@@ -1,6 +1,6 @@
 """lrkit: learning-rate range tests, suggestion rules and fine-tuning for PyTorch."""
 
-from lrkit import datasets, models, suggest, vision
+from lrkit import datasets, distributed, models, suggest, vision
 from lrkit.batch import default_forward, to_device
 from lrkit.callbacks import (
     Callback,
@@ -66,6 +66,7 @@ __all__ = [
     "compare_rules",
     "datasets",
     "default_forward",
+    "distributed",
     "error_rate",
     "f1_multi",
     "fbeta_multi",

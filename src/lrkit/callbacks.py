@@ -46,6 +46,7 @@ class Callback:
     """Base class: every hook is a no-op; override the ones you need."""
 
     order: int = 0  # callbacks run in ascending order, ties in the order they were added
+    main_process_only: bool = False  # under torchrun, run only on rank 0 (output, files)
 
     def before_fit(self, learn: Learner) -> None:
         """Called once before the first epoch."""
@@ -172,6 +173,7 @@ class ProgressCallback(Callback):
     """A rich progress bar per epoch and a results table; one line per epoch when not a terminal."""
 
     order = 100
+    main_process_only = True
 
     def __init__(self, console: Console | None = None, refresh_s: float = 0.25) -> None:
         self.console = console if console is not None else Console()
@@ -370,6 +372,8 @@ class CSVLogger(Callback):
     `stage` (e.g. "frozen", "unfrozen") fills a first column, so the rows of several fits
     appended to one file say which fit they belong to.
     """
+
+    main_process_only = True
 
     def __init__(self, path: str | Path, append: bool = False, stage: str | None = None) -> None:
         self.path = Path(path)

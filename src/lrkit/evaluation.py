@@ -1,7 +1,10 @@
 """Validation: the loss and metrics of a model over a whole loader, as one number each.
 
 The loss is averaged over items (each batch's mean loss weighted by its size) and each metric
-is computed once on the predictions of the whole set.
+is computed once on the predictions of the whole set. Under torchrun each rank evaluates a
+contiguous block of the loader (no item twice, none padded in); the loss sums and item counts
+are summed over ranks and the predictions gathered in rank order, so every rank gets what one
+process would compute on the whole set.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrkit import distributed
 from lrkit.batch import channels_last_batch, items_in, to_device
 from lrkit.data.dataloaders import length_or_none
 from lrkit.layer_groups import eval_mode
@@ -56,7 +60,24 @@ def get_preds(learn: Learner, loader: Iterable | None = None) -> tuple[torch.Ten
 def evaluate(
     learn: Learner, loader: Iterable, keep: bool, cpu: bool = False
 ) -> tuple[float, int, list[torch.Tensor], list[torch.Tensor]]:
-    """Summed loss (per item), item count and, with `keep`, the outputs and targets."""
+    """Summed loss (per item), item count and, with `keep`, the outputs and targets, over the
+    whole of `loader` (under torchrun: over all ranks' blocks, gathered on the CPU)."""
+    if not distributed.is_distributed() or length_or_none(loader) is None:
+        return _evaluate(learn, loader, keep, cpu)
+    total_loss, count, preds, targets = _evaluate(
+        learn, learn._share(loader, train=False), keep, cpu=True
+    )
+    total_loss, count = distributed.all_sum([total_loss, count])
+    if keep:
+        parts = distributed.gather((preds, targets))  # each rank's block, in rank order
+        preds = [p for rank_preds, _ in parts for p in rank_preds]
+        targets = [t for _, rank_targets in parts for t in rank_targets]
+    return total_loss, int(count), preds, targets
+
+
+def _evaluate(
+    learn: Learner, loader: Iterable, keep: bool, cpu: bool
+) -> tuple[float, int, list[torch.Tensor], list[torch.Tensor]]:
     total_loss, count = 0.0, 0
     preds: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []

@@ -11,29 +11,43 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from lrkit import distributed
 from lrkit.callbacks import HOOKS, Callback
 from lrkit.data.dataloaders import length_or_none
 from lrkit.interrupt import stop_on_interrupt
 from lrkit.schedule import progress
-from lrkit.step import TrainStep, all_finite, window_size
+from lrkit.step import StepOptions, TrainStep, all_finite, window_size
 
 if TYPE_CHECKING:
     from lrkit.learner import Learner
+
+
+@dataclass
+class TrainOptions(StepOptions):
+    """How each batch is trained (see `StepOptions`), plus the model's own settings."""
+
+    channels_last: bool = False  # model and 4-D inputs in NHWC memory format
+    compile: bool = False  # run the model through torch.compile for training and validation
+    train_bn: bool = True  # BatchNorm parameters stay trainable in frozen groups
+
 
 # schedule(pct) -> (one lr per group, momentum or None to leave it alone)
 Schedule = Callable[[float], tuple[list[float], float | None]]
 
 
 def run_callbacks(learn: Learner, callbacks: list[Callback], hook: str) -> None:
-    """Call `hook` on every callback, in order."""
+    """Call `hook` on every callback, in order (under torchrun, output-only ones on rank 0)."""
     assert hook in HOOKS
+    main = distributed.is_main()
     for cb in callbacks:
-        getattr(cb, hook)(learn)
+        if main or not getattr(cb, "main_process_only", False):
+            getattr(cb, hook)(learn)
 
 
 def run_fit(learn: Learner, n_epoch: int, schedule: Schedule, cbs: Sequence[Callback]) -> None:
@@ -43,7 +57,8 @@ def run_fit(learn: Learner, n_epoch: int, schedule: Schedule, cbs: Sequence[Call
     """
     if n_epoch < 0:
         raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
-    learn.n_iter = length_or_none(learn.dls.train)
+    loader = learn._share(learn.dls.train, train=True)
+    learn.n_iter = length_or_none(loader)
     if learn.n_iter == 0:
         raise ValueError("the train loader yields no batches; check its dataset and batch size")
     if learn.n_iter is None:
@@ -65,8 +80,11 @@ def run_fit(learn: Learner, n_epoch: int, schedule: Schedule, cbs: Sequence[Call
                 learn.epoch = epoch
                 start = time.perf_counter()
                 learn._train_mode(learn.model)
+                distributed.set_epoch(loader, learn._epochs_run)
+                learn._epochs_run += 1
                 run_callbacks(learn, callbacks, "before_epoch")
-                losses = train_epoch(learn, train_step, callbacks, schedule, step, total)
+                losses = train_epoch(learn, loader, train_step, callbacks, schedule, step, total)
+                distributed.broadcast_buffers(learn.model)  # every rank validates alike
                 step += learn.n_iter
                 if learn.stop and (learn.interrupted or learn.diverged or learn._mid_epoch):
                     break
@@ -78,6 +96,7 @@ def run_fit(learn: Learner, n_epoch: int, schedule: Schedule, cbs: Sequence[Call
                     "time": time.perf_counter() - start,
                 }
                 run_callbacks(learn, callbacks, "after_epoch")
+                agree_on_stop(learn)
                 if learn.stop:
                     break
         finally:
@@ -87,6 +106,7 @@ def run_fit(learn: Learner, n_epoch: int, schedule: Schedule, cbs: Sequence[Call
 
 def train_epoch(
     learn: Learner,
+    loader: Iterable,
     train_step: TrainStep,
     callbacks: list[Callback],
     schedule: Schedule,
@@ -104,7 +124,7 @@ def train_epoch(
     # gradient is not finite must not leave its statistics behind.
     buffers = list(learn.model.buffers())
     saved = [b.detach().clone() for b in buffers]
-    for index, batch in enumerate(learn.dls.train):
+    for index, batch in enumerate(loader):
         learn.iter = index
         lrs, mom = schedule(progress(step + index, total))
         learn._set_hypers(lrs, mom)
@@ -114,7 +134,10 @@ def train_epoch(
         loss = train_step.loss(batch)
         value = float(loss.detach())
         if not all_finite(value):  # every rank stops at the same batch, before its backward
-            diverge(learn, f"the loss is {value}", index, buffers, saved)
+            what = f"the loss is {value}"
+            if math.isfinite(value):
+                what = "the loss of another process is not finite"
+            diverge(learn, what, index, buffers, saved)
             break
         # each batch adds its share of the mean over the batches its window really holds
         window = window_size(index, learn.n_iter, learn.options.accum_steps)
@@ -128,6 +151,7 @@ def train_epoch(
         learn.batch_loss = value
         losses.append(value)
         run_callbacks(learn, callbacks, "after_batch")
+        agree_on_stop(learn)
         if learn.stop:
             learn._mid_epoch = index + 1 < learn.n_iter
             break
@@ -135,6 +159,18 @@ def train_epoch(
         if pending:  # the epoch's leftover batches
             _apply(learn, train_step, trainable, learn.iter)
     return losses
+
+
+def agree_on_stop(learn: Learner) -> None:
+    """Under torchrun: when any rank stopped (Ctrl-C, a callback), every rank stops here too,
+    with the same flags, so no rank waits for the others in a collective."""
+    if not distributed.is_distributed():
+        return
+    flags = [float(learn.stop), float(learn.interrupted), float(learn.diverged)]
+    stop, interrupted, diverged = (total > 0 for total in distributed.all_sum(flags))
+    if stop and not learn.stop:
+        learn.stop_reason = "another process stopped training"
+    learn.stop, learn.interrupted, learn.diverged = stop, interrupted, diverged
 
 
 def _apply(learn: Learner, train_step: TrainStep, trainable: list, index: int) -> bool:

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lrkit import checkpoint, evaluation, export_file, finder
+from lrkit import checkpoint, distributed, evaluation, export_file, finder
 from lrkit.batch import ForwardFn, channels_last_batch, default_forward
 from lrkit.callbacks import Callback, ProgressCallback, Recorder
 from lrkit.config import RANGE_TEST
 from lrkit.data import DataLoaders
 from lrkit.data.preprocess import Preprocess
-from lrkit.fit_loop import Schedule, run_fit
+from lrkit.fit_loop import Schedule, TrainOptions, run_fit
 from lrkit.freezing import freeze_to, frozen_index
 from lrkit.layer_groups import Splitter, check_layer_groups, one_group
 from lrkit.metrics import Metric
@@ -34,21 +33,8 @@ from lrkit.prediction import Prediction, as_tensor, predict_tensor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom
 from lrkit.stages import Stage, fine_tune_plan, run_stages
-from lrkit.step import StepOptions, TrainStep, autocast_dtype
+from lrkit.step import TrainStep, autocast_dtype
 from lrkit.summary import summarize
-
-
-@dataclass
-class TrainOptions(StepOptions):
-    """How each batch is trained (see `StepOptions`), plus the model's own settings."""
-
-    channels_last: bool = False  # model and 4-D inputs in NHWC memory format
-    compile: bool = False  # run the model through torch.compile for training and validation
-    train_bn: bool = True  # BatchNorm parameters stay trainable in frozen groups
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Learner:
@@ -74,7 +60,10 @@ class Learner:
         channels_last: bool = False,
         compile: bool = False,
         train_bn: bool = True,
+        sync_bn: bool = False,
     ) -> None:
+        """Under torchrun (an initialized process group) the model trains in DDP (`sync_bn`:
+        with SyncBatchNorm, CUDA only), each rank on its share of the data; see `distributed`."""
         if not isinstance(dls, DataLoaders):
             if isinstance(dls, tuple) and len(dls) == 2:
                 dls = DataLoaders(*dls)
@@ -86,7 +75,7 @@ class Learner:
         self.options = TrainOptions(
             accum_steps, grad_clip, mixed_precision, channels_last, compile, train_bn
         )
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = distributed.local_device(device)
         if self.options.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ValueError(
                 f"mixed_precision='fp16' needs a CUDA device (got {self.device}); use 'bf16' on CPU"
@@ -109,6 +98,8 @@ class Learner:
         if progress:
             self.cbs.append(ProgressCallback())
         self._train_model = torch.compile(self.model) if compile else self.model
+        self._parallel = distributed.Parallel(sync_bn)  # DDP and data shares under torchrun
+        self._epochs_run = 0  # over all fits: a split loader's epoch, so each has its order
         # state a fit exposes to callbacks (see lrkit.callbacks)
         self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 0, 0, None
         self.batch_loss: float = math.nan
@@ -252,9 +243,23 @@ class Learner:
         """The one training step (`lrkit.step.TrainStep`) on this learner's model and options."""
         prepare = channels_last_batch if self.options.channels_last else None
         return TrainStep(
-            self._train_model, self.opt, self.loss_fn, self.device, self.options, self.forward,
+            self._forward_model(), self.opt, self.loss_fn, self.device, self.options, self.forward,
             prepare,
         )  # fmt: skip
+
+    def _range_test_data(self) -> tuple[nn.Module, Iterable]:
+        """The model and train loader a range test runs on: under torchrun DDP and a share."""
+        if not distributed.is_distributed():
+            return self.model, self.dls.train
+        return self._forward_model(), self._share(self.dls.train, train=True)
+
+    def _forward_model(self) -> nn.Module:
+        """The model training runs through: in DDP under torchrun, else `_train_model`."""
+        return self._parallel.model(self._train_model, self.device)
+
+    def _share(self, loader: Iterable, train: bool) -> Iterable:
+        """This process's share of `loader` under torchrun (see `distributed.split_loader`)."""
+        return self._parallel.loader(loader, train)
 
     # ----------------------------------------------------------------- range test
 
@@ -283,8 +288,7 @@ class Learner:
         get the result through their `after_lr_find` hook (loggers record the curve).
         """
         result = finder.lr_find(
-            self.model,
-            self.dls.train,
+            *self._range_test_data(),
             self.loss_fn,
             self.opt,
             start_lr,
@@ -318,8 +322,7 @@ class Learner:
     ) -> RepeatedLRFind:
         """`repeats` range tests on different data orders: each rule's median and spread."""
         return finder.lr_find_repeated(
-            self.model,
-            self.dls.train,
+            *self._range_test_data(),
             self.loss_fn,
             self.opt,
             repeats,
@@ -357,7 +360,7 @@ class Learner:
         """The learner's forward hook on its (possibly compiled) model, inputs as in training."""
         if self.options.channels_last:
             batch = channels_last_batch(batch)
-        return self.forward(self._train_model, batch)
+        return self.forward(self._forward_model(), batch)
 
     # ----------------------------------------------------------------- validation
 
@@ -380,7 +383,8 @@ class Learner:
 
     def save(self, path: str | Path, with_opt: bool = True) -> Path:
         """Write the model weights (and optimizer state) to `path`, atomically."""
-        return checkpoint.save_state(self.model, self.opt if with_opt else None, path)
+        opt = self.opt if with_opt else None
+        return distributed.on_main(lambda: checkpoint.save_state(self.model, opt, path))
 
     def load(self, path: str | Path, with_opt: bool = True, strict: bool = True) -> None:
         """Read weights (and optimizer state, when saved) written by `save`."""
@@ -403,15 +407,17 @@ class Learner:
         """
         if preprocess is None:
             preprocess = self.dls.preprocess
-        return export_file.export(
-            self.model,
-            path,
-            vocab=self.dls.vocab,
-            multi_label=self.dls.multi_label,
-            factory=factory,
-            kwargs=kwargs,
-            preprocess=preprocess,
-            pickle_model=pickle_model,
+        return distributed.on_main(
+            lambda: export_file.export(
+                self.model,
+                path,
+                vocab=self.dls.vocab,
+                multi_label=self.dls.multi_label,
+                factory=factory,
+                kwargs=kwargs,
+                preprocess=preprocess,
+                pickle_model=pickle_model,
+            )
         )
 
     def predict(self, item: Any) -> Prediction:
