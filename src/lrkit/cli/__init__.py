@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"command": args.command, "interrupted": True}))
         print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:  # an experiment logger's run is finished, whatever happened
+        for close in getattr(args, "on_exit", []):
+            close()
     if args.json:
         print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return 0

@@ -29,6 +29,7 @@ from lrkit.cli.results import (
 )
 from lrkit.cli.setup import (
     pick_device,
+    resolved_config,
     setup,
 )
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
@@ -102,6 +103,7 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "range_test": stop.partial.to_dict(),
             "data": data_summary(options, dls),
             "seed": args.seed,
+            "config": resolved_config(args),
             "versions": versions(),
         }
         written = [args.out / "comparison.json"]
@@ -115,7 +117,12 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             record,
             EXIT_INTERRUPTED,
         ) from None
-    extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
+    extra = {
+        "config": resolved_config(args),
+        "data": data_summary(options, dls),
+        "seed": args.seed,
+        "versions": versions(),
+    }
     paths = write_comparison(comparison, args.out, extra)
     for note in comparison.range_test.warnings:
         console.print(f"[yellow]warning:[/] range test: {note}", highlight=False)
