@@ -13,9 +13,9 @@ import torch
 import lrkit
 from data_fixtures import FileServer, fake_fashion_files, idx_bytes, serve
 from lrkit.data import fashion
-from lrkit.data.download import Remote
 from lrkit.data.idx import IdxError, parse_idx, read_idx
 from lrkit.data.subset import balanced_subset
+from lrkit.fetch import Remote
 
 HAVE_SYSTEM_COPY = (fashion.SYSTEM_DIR / "train-images-idx3-ubyte.gz").exists()
 needs_system_copy = pytest.mark.skipif(not HAVE_SYSTEM_COPY, reason="dataset-fashion-mnist absent")

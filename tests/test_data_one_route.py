@@ -13,13 +13,9 @@ from PIL import Image
 from data_fixtures import pets_pixels, write_image
 from lrkit.data.decode import ImageDecodeError, load_rgb, pil_rgb
 from lrkit.data.image_input import image_input
+from lrkit.data.preprocess import Preprocess
 
-PREPROCESS = {
-    "presize": 64,
-    "size": 56,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+PREPROCESS = Preprocess(presize=64, size=56, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def photo(path: Path, size=(640, 480), **save) -> Path:

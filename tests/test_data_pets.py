@@ -13,7 +13,7 @@ import pytest
 import lrkit
 from data_fixtures import PETS_CLASSES, FileServer, make_pets, serve
 from lrkit.data import pets as pets_module
-from lrkit.data.download import DownloadError, Remote
+from lrkit.fetch import DownloadError, Remote
 from lrkit.vision import JunkWarning
 
 SMALL = {"presize": 32, "size": 24, "bs": 4, "num_workers": 0}

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lrkit import DataLoaders, load_learner, vision_learner
 from lrkit.cli import main
-from lrkit.data.download import DownloadError, reachable
+from lrkit.fetch import DownloadError, reachable
 from lrkit.models import foreign, hub
 from lrkit.models.registry import is_allowed
 from lrkit.models.vision_model import FeaturesBody, create_body

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrkit import ClassificationInterpretation, DataLoaders, Learner
-from lrkit.interpret import RIGHT, WRONG, confusion_counts, pairs_by_count, precision_recall
+from lrkit import ClassificationInterpretation, DataLoaders, Learner, VisionLearner
+from lrkit.vision.interpret import RIGHT, WRONG, confusion_counts, pairs_by_count, precision_recall
 
 VOCAB = ["a", "b", "c"]
 # (actual, predicted) of 12 items; logits: the predicted class gets 1 + 0.25 * i, others 0
@@ -75,7 +75,7 @@ def images_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def single_label_learner(loss_fn=None, shuffle_valid: bool = False) -> Learner:
+def single_label_learner(loss_fn=None, shuffle_valid: bool = False) -> VisionLearner:
     logits = torch.zeros(len(PAIRS), 3)
     for i, (_, predicted) in enumerate(PAIRS):
         logits[i, predicted] = 1 + 0.25 * i
@@ -84,7 +84,9 @@ def single_label_learner(loss_fn=None, shuffle_valid: bool = False) -> Learner:
     gen = torch.Generator().manual_seed(3)
     valid = DataLoader(ds, batch_size=5, shuffle=shuffle_valid, generator=gen)
     dls = DataLoaders(DataLoader(ds, batch_size=5), valid, vocab=VOCAB, stats=STATS)
-    return Learner(Echo(), dls, loss_fn or nn.CrossEntropyLoss(), device="cpu", progress=False)
+    return VisionLearner(
+        Echo(), dls, loss_fn or nn.CrossEntropyLoss(), device="cpu", progress=False
+    )
 
 
 @pytest.fixture
@@ -203,11 +205,11 @@ ML_LOGITS = torch.tensor([[2.0, -2, 0], [2, 2, -2], [-2, 2, 0], [-2, -2, -2]])
 ML_TARGETS = torch.tensor([[1.0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 1]])
 
 
-def multi_label_learner() -> Learner:
+def multi_label_learner() -> VisionLearner:
     ds = TensorDataset(images_from_logits(ML_LOGITS), ML_TARGETS)
     loader = DataLoader(ds, batch_size=3)
     dls = DataLoaders(loader, loader, vocab=["x", "y", "z"], multi_label=True)
-    return Learner(Echo(), dls, nn.BCEWithLogitsLoss(), device="cpu", progress=False)
+    return VisionLearner(Echo(), dls, nn.BCEWithLogitsLoss(), device="cpu", progress=False)
 
 
 def test_multi_label_per_class_at_the_learners_threshold():

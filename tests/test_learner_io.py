@@ -13,6 +13,7 @@ from torch import nn
 
 from learner_fixtures import N_IN, TinyNet, make_dls, make_learner
 from lrkit import Prediction, load_learner, register_model
+from lrkit.data.preprocess import Preprocess
 
 
 def _trained():
@@ -163,7 +164,7 @@ def test_predict_an_image_file_with_exported_preprocessing(tmp_path):
     x = torch.tensor([2.0, -2.0, -2.0]).view(3, 1, 1).expand(3, 4, 4)
     assert torch.allclose(got.probs, torch.softmax(learn.model(x[None])[0], dim=0), atol=1e-6)
     assert got.label in ("cat", "dog")
-    with pytest.raises(ValueError, match="without image preprocessing"):
+    with pytest.raises(TypeError, match="vision_learner"):  # image files are lrkit.vision's
         learn.predict(tmp_path / "red.png")
 
 
@@ -174,7 +175,7 @@ def test_export_keeps_the_loaders_normalisation_stats(tmp_path):
     learn.dls.stats = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     learn.export(tmp_path / "stats.pth")
     predictor = load_learner(tmp_path / "stats.pth")
-    assert predictor.preprocess == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    assert predictor.preprocess == Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     image = Image.fromarray(np.full((3, 5, 3), 255, dtype=np.uint8))  # white: (1 - 0.5) / 0.25
     got = predictor.predict(image)
     expected = torch.softmax(learn.model(torch.full((1, 3, 3, 5), 2.0))[0], dim=0)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import lrkit
 from data_fixtures import write_image
 from lrkit.data.image_input import image_input
+from lrkit.data.preprocess import Preprocess
 from lrkit.datasets import DownloadError
 from lrkit.layer_groups import check_layer_groups
 from lrkit.models import (
@@ -237,7 +238,7 @@ def test_outputs_equal_the_implementation_the_weights_were_made_for(pretrained_l
 @needs_package
 def test_pretrained_lite0_ranks_a_cat_class_in_its_top5_on_cat_photos(pretrained_lite0):
     photos = [sorted(PETS.glob(f"{breed}_*.jpg"))[0] for breed in ("Persian", "Siamese")]
-    preprocess = {"size": 224, "mean": list(TF_STATS[0]), "std": list(TF_STATS[1])}
+    preprocess = Preprocess(size=224, mean=TF_STATS[0], std=TF_STATS[1])
     x = torch.stack([image_input(p, preprocess) for p in photos])  # (2, 3, 224, 224)
     with torch.no_grad():
         top5 = pretrained_lite0(x).topk(5, dim=1).indices
@@ -348,7 +349,7 @@ def test_vision_learner_uses_the_weights_normalisation_and_the_export_keeps_it(t
     assert torch.equal(x_valid, want)  # batches as if the loaders had been built with 0.5/0.5
     learn.export(tmp_path / "model.lrkit")
     loaded = lrkit.load_learner(tmp_path / "model.lrkit")
-    assert loaded.preprocess["mean"] == [0.5] * 3 and loaded.preprocess["std"] == [0.5] * 3
+    assert loaded.preprocess.stats == ((0.5,) * 3, (0.5,) * 3)
     photo = folder / "Cat_0.jpg"
     assert torch.equal(loaded.predict(photo).probs, learn.predict(photo).probs)
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lrkit
 from lrkit import accuracy_multi, f1_multi, vision_learner
-from lrkit.thresholds import sweep_thresholds
+from lrkit.vision.thresholds import sweep_thresholds
 
 COLOURS = ("red", "green", "blue")
 

@@ -13,6 +13,7 @@ from PIL import Image
 import lrkit
 from data_fixtures import make_pets, write_image
 from lrkit.data.image_input import image_input
+from lrkit.data.preprocess import Preprocess
 from lrkit.vision import image_dataloaders
 
 # every awkward mode of the fixture: L, CMYK, RGBA with alpha, palette, EXIF-rotated JPEG
@@ -51,8 +52,8 @@ def exported(request, tmp_path_factory):
 
 def test_export_keeps_presize_size_and_stats(exported):
     _learn, predictor = exported
-    assert predictor.preprocess["presize"] == 40 and predictor.preprocess["size"] == 24
-    assert predictor.preprocess["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert predictor.preprocess.presize == 40 and predictor.preprocess.size == 24
+    assert predictor.preprocess.mean == pytest.approx([0.485, 0.456, 0.406])
 
 
 def test_predict_on_a_file_equals_the_model_on_its_validation_batch(exported):
@@ -72,7 +73,7 @@ def test_predict_on_a_file_equals_the_model_on_its_validation_batch(exported):
 def test_a_sideways_photo_is_predicted_upright(tmp_path):
     write_image(tmp_path / "upright.png", (48, 32), "RGB", seed=3)
     write_image(tmp_path / "sideways.jpg", (48, 32), "EXIF6", seed=3)
-    preprocess = {"presize": 32, "size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    preprocess = Preprocess(presize=32, size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
     upright = image_input(tmp_path / "upright.png", preprocess)
     for item in (tmp_path / "sideways.jpg", Image.open(tmp_path / "sideways.jpg")):
         rotated = image_input(item, preprocess)
@@ -84,10 +85,10 @@ def test_one_channel_models_get_grey_input_and_no_size_keeps_the_size(tmp_path):
     pixels = np.zeros((6, 10, 3), np.uint8)
     pixels[..., 1] = 255  # pure green: grey level 150 (0.587 * 255)
     Image.fromarray(pixels).save(tmp_path / "green.png")
-    grey = image_input(tmp_path / "green.png", {"size": 4, "mean": [0.0], "std": [1.0]})
+    grey = image_input(tmp_path / "green.png", Preprocess(size=4, mean=(0.0,), std=(1.0,)))
     assert grey.shape == (1, 4, 4)
     torch.testing.assert_close(grey, torch.full((1, 4, 4), 150 / 255))
-    kept = image_input(tmp_path / "green.png", {"mean": [0.0] * 3, "std": [1.0] * 3})
+    kept = image_input(tmp_path / "green.png", Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
     assert kept.shape == (3, 6, 10)
     with pytest.raises(ValueError, match="without image preprocessing"):
         image_input(tmp_path / "green.png", None)

@@ -12,10 +12,7 @@ from lrkit.callbacks import (
 )
 from lrkit.compare import CompareConfig, Comparison, compare_rules
 from lrkit.data import DataLoaders
-from lrkit.export_file import load_learner
 from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
-from lrkit.image_learner import VisionLearner, vision_learner
-from lrkit.interpret import ClassificationInterpretation
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.loggers import TensorBoardCallback, WandbCallback
@@ -28,8 +25,15 @@ from lrkit.metrics import (
     top_k_accuracy,
 )
 from lrkit.models.registry import register_model
-from lrkit.predictor import Prediction, Predictor
+from lrkit.prediction import Prediction
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
+from lrkit.vision import (
+    ClassificationInterpretation,
+    Predictor,
+    VisionLearner,
+    load_learner,
+    vision_learner,
+)
 
 __version__ = "0.1.0"
 

@@ -30,16 +30,16 @@ from lrkit.compare import (
     write_comparison,
 )
 from lrkit.data.dataloaders import DataLoaders
-from lrkit.data.download import DownloadError, cache_dir
 from lrkit.data.fashion import CLASSES, SYSTEM_DIR, array_dataloaders, load_fashion_mnist
 from lrkit.data.idx import read_idx
 from lrkit.data.subset import balanced_subset
-from lrkit.image_learner import vision_learner
+from lrkit.fetch import DownloadError, cache_dir
 from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
 from lrkit.range_test_result import json_ready
 from lrkit.report import Report, rich_table
+from lrkit.vision.learner import vision_learner
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "bundled"
 # A resnet_small at half width: four times cheaper, so every step fits the demo's budget.

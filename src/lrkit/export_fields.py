@@ -1,4 +1,6 @@
-"""What the plain fields of an export may hold: preprocessing, vocabulary, threshold, weights.
+"""What the plain fields of an export may hold: vocabulary, threshold, weights, outputs.
+
+The preprocessing's own check lives with its record (`lrkit.data.preprocess`).
 
 An export may come from anyone, and `predict` feeds these fields to image decoding, resizing,
 normalisation and labelling. Each check returns what is wrong in a few words (or None), and
@@ -8,69 +10,16 @@ instead of a traceback mid-prediction or a NaN "confidence".
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-MAX_SIDE = 8192  # pixels; the largest "size"/"presize" an export may ask images to be made
-PREPROCESS_KEYS = ("presize", "size", "mean", "std", "channels")  # see lrkit.data.image_input
-CHANNELS = (1, 3)  # grey or RGB: what image_input makes of every image
+from lrkit.data.preprocess import preprocess_channels
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _side_problem(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SIDE:
-        return f"{name} should be a whole number of pixels in 1..{MAX_SIDE}, got {value!r}"
-    return None
-
-
-def preprocess_channels(preprocess: dict[str, Any]) -> int:
-    """The number of channels image_input makes: "channels", else len("mean"), else 3."""
-    return preprocess.get("channels") or len(preprocess.get("mean") or [0, 0, 0])
-
-
-def preprocess_problem(preprocess: dict[str, Any] | None) -> str | None:
-    """What is wrong with an export's "preprocess" dict, or None (None itself is fine).
-
-    Known keys only; "presize"/"size" whole numbers in 1..MAX_SIDE (or None); "channels" 1 or 3
-    (or None); "mean"/"std" lists of finite numbers, one per channel, every std above 0.
-    """
-    if preprocess is None:
-        return None
-    unknown = sorted(str(k) for k in preprocess if k not in PREPROCESS_KEYS)
-    if unknown:
-        return f"unknown preprocess keys {unknown} (known: {', '.join(PREPROCESS_KEYS)})"
-    for name in ("presize", "size"):
-        if (problem := _side_problem(name, preprocess.get(name))) is not None:
-            return problem
-    channels = preprocess.get("channels")
-    if channels is not None and (isinstance(channels, bool) or channels not in CHANNELS):
-        return f"channels should be 1 or 3, got {channels!r}"
-    for name in ("mean", "std"):
-        stats = preprocess.get(name)
-        if stats is None:
-            continue
-        if not isinstance(stats, (list, tuple)) or not all(_is_number(v) for v in stats):
-            return f"{name} should be a list of numbers, got {stats!r}"
-        if not all(math.isfinite(v) for v in stats) or (
-            name == "std" and not all(v > 0 for v in stats)
-        ):
-            return f"{name} should hold finite numbers{' above 0' * (name == 'std')}, got {stats}"
-    n = preprocess_channels(preprocess)
-    if n not in CHANNELS:
-        return f"mean has {n} values; images have 1 or 3 channels"
-    for name in ("mean", "std"):
-        stats = preprocess.get(name)
-        if stats is not None and len(stats) != n:
-            return f"{name} has {len(stats)} values for {n}-channel images"
-    return None
 
 
 def vocab_problem(vocab: list[Any] | None) -> str | None:

@@ -1,13 +1,14 @@
-"""Exports: `export(model, path, ...)` and `load_learner(path).predict(item)`.
+"""Exports: `export(model, path, ...)` writes one, `read_export(path)` reads it back.
 
 An export holds the weights plus how to rebuild the model (an allow-listed builder reference
 with plain keyword arguments, checked at export time by building it and comparing every key
-and shape), the vocabulary and the preprocessing. `load_learner` runs no code from the file:
+and shape), the vocabulary and the preprocessing. `read_export` runs no code from the file:
 the builder is looked up in `lrkit.models.registry`, every field is validated
 (`lrkit.export_fields`), the model is sized on the meta device before anything is allocated,
 and the weights are checked whole before they are copied. A model that no builder can rebuild
 may be exported with `pickle_model=True`; unpickling runs code from the file, so
-`load_learner` then refuses unless called with `trust_pickle=True`.
+`read_export` then refuses unless called with `trust_pickle=True`. Turning images into model
+inputs (`lrkit.vision.load_learner(path).predict(image)`) is lrkit.vision's part.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +24,10 @@ import torch
 from torch import nn
 
 from lrkit.checkpoint import VERSION, atomic_save, check_state_dict, first_line, read_torch_file
-from lrkit.export_fields import (
-    first_nonfinite,
-    output_problem,
-    preprocess_problem,
-    thresh_problem,
-    vocab_problem,
-)
+from lrkit.data.preprocess import Preprocess, as_preprocess, preprocess_problem
+from lrkit.export_fields import first_nonfinite, output_problem, thresh_problem, vocab_problem
 from lrkit.models import registry
 from lrkit.models.weights import tensor_kind_problem
-from lrkit.predictor import Predictor
 
 EXPORT_FORMAT = "lrkit-export"
 # bytes a rebuilt model may hold beyond the weights in its export (non-persistent buffers)
@@ -110,7 +106,7 @@ def export(
     multi_label: bool = False,
     factory: Callable[..., nn.Module] | str | None = None,
     kwargs: dict[str, Any] | None = None,
-    preprocess: dict[str, Any] | None = None,
+    preprocess: Preprocess | dict[str, Any] | None = None,
     pickle_model: bool = False,
     thresh: float = 0.5,
 ) -> Path:
@@ -118,14 +114,15 @@ def export(
 
     `thresh` is the multi-label decision threshold `Predictor.predict` will use.
 
-    `preprocess` (plain values) says how `predict` turns an image file into a tensor:
-    "presize" (the centre square presized as `image_dataloaders` does), "size" (the centre
-    square resized to it; omit both to keep the size), "mean"/"std" (per channel, for pixels
-    in [0, 1]) and "channels" (1 or 3). See `lrkit.data.image_input`.
+    `preprocess` (a `Preprocess` record, or its dict) says how `predict` turns an image file
+    into a tensor: "presize" (the centre square presized as `image_dataloaders` does), "size"
+    (the centre square resized to it; omit both to keep the size), "mean"/"std" (per channel,
+    for pixels in [0, 1]) and "channels" (1 or 3). See `lrkit.data.preprocess`.
     """
     kwargs = dict(kwargs or {})
     _check_plain(kwargs, "kwargs")
-    _check_plain(preprocess, "preprocess")
+    record = as_preprocess(preprocess)
+    preprocess = (record.to_dict() or None) if record is not None else None
     payload: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": VERSION,
@@ -289,10 +286,21 @@ def _rebuild(
     return model
 
 
-def load_learner(
+@dataclass(frozen=True)
+class Exported:
+    """What an export holds, checked: the model (eval mode, on the device asked) and its labels."""
+
+    model: nn.Module
+    vocab: list[str] | None
+    multi_label: bool
+    preprocess: Preprocess | None  # how an image becomes an input; see lrkit.data.preprocess
+    thresh: float  # multi-label decision threshold on the sigmoid
+
+
+def read_export(
     path: str | Path, device: torch.device | str = "cpu", trust_pickle: bool = False
-) -> Predictor:
-    """Read a file written by `Learner.export` and return a `Predictor` (model in eval mode).
+) -> Exported:
+    """Read a file written by `export` (or `Learner.export`): the model rebuilt and its fields.
 
     Loading runs no code from the file: the model is built by a builder on the allow-list of
     `lrkit.models.registry`. `trust_pickle=True` is the one opt-in to run what the file names:
@@ -303,11 +311,10 @@ def load_learner(
     payload = read_torch_file(path, device)
     _check_export(payload, path)
     model = _rebuild(payload, path, device, trust_pickle).to(device).eval()
-    return Predictor(
+    return Exported(
         model,
         payload["vocab"],
         payload["multi_label"],
-        payload["preprocess"],
-        torch.device(device),
+        as_preprocess(payload["preprocess"]),
         float(payload.get("thresh", OPTIONAL_FIELDS["thresh"])),
     )

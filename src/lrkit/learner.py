@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 
-from lrkit import checkpoint, export_file, finder, interpret
+from lrkit import checkpoint, export_file, finder
 from lrkit.batch import ForwardFn, default_forward, to_device
 from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
 from lrkit.data import DataLoaders
 from lrkit.data.dataloaders import length_or_none
+from lrkit.data.preprocess import Preprocess
 from lrkit.layer_groups import (
     Splitter,
     bn_parameter_ids,
@@ -38,7 +38,7 @@ from lrkit.layer_groups import (
     one_group,
 )
 from lrkit.metrics import Metric, metric_name
-from lrkit.predictor import Prediction, predict
+from lrkit.prediction import Prediction, as_tensor, predict_tensor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom, progress
 from lrkit.stages import Stage, fine_tune_plan, run_stages
@@ -717,17 +717,16 @@ class Learner:
         path: str | Path,
         factory: Callable[..., nn.Module] | str | None = None,
         kwargs: dict[str, Any] | None = None,
-        preprocess: dict[str, Any] | None = None,
+        preprocess: Preprocess | dict[str, Any] | None = None,
         pickle_model: bool = False,
     ) -> Path:
         """Write what `lrkit.load_learner(path).predict(item)` needs; see export_file.export.
 
-        Without `preprocess`, the normalisation stats of `dls.stats` (when set) are stored, so
-        image files are normalised as the batches were; add "size" to resize them too.
+        Without `preprocess`, the loaders' record (`dls.preprocess`: presize, size and stats,
+        when known) is stored, so image files become inputs as the validation batches did.
         """
-        if preprocess is None and getattr(self.dls, "stats", None) is not None:
-            mean, std = self.dls.stats
-            preprocess = {"mean": [float(m) for m in mean], "std": [float(v) for v in std]}
+        if preprocess is None:
+            preprocess = self.dls.preprocess
         return export_file.export(
             self.model,
             path,
@@ -739,17 +738,13 @@ class Learner:
             pickle_model=pickle_model,
         )
 
-    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> Prediction:
-        """Label, class index and probabilities for one item (a tensor without batch dim)."""
-        return predict(
-            self.model, item, self.dls.vocab, self.dls.multi_label, preprocess, self.device
-        )
+    def predict(self, item: Any) -> Prediction:
+        """Label, class index and probabilities for one item (a tensor or array, no batch dim).
 
-    def show_results(
-        self, path: str | Path | None = None, n: int = 9, loader: Iterable | None = None
-    ) -> Figure:
-        """First `n` validation images titled actual/predicted (see lrkit.interpret)."""
-        return interpret.show_results(self, path, n, loader)
+        Image files are lrkit.vision's: see `vision_learner` and `lrkit.load_learner`.
+        """
+        x = as_tensor(item)
+        return predict_tensor(self.model, x, self.dls.vocab, self.dls.multi_label, self.device)
 
     # ----------------------------------------------------------------- summary
 

@@ -35,7 +35,7 @@ from lrkit.cli.args import (
     speak_flags,
 )
 from lrkit.cli.output import make_console
-from lrkit.data.download import DownloadError
+from lrkit.fetch import DownloadError
 from lrkit.range_test_result import json_ready
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "EXIT_USAGE", "build_parser", "main"]

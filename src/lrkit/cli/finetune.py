@@ -50,10 +50,10 @@ from lrkit.cli.setup import (
     setup,
 )
 from lrkit.finder import RangeTestInterrupted
-from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
 from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
+from lrkit.vision.learner import VisionLearner
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:

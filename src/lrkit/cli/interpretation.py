@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 
 from lrkit import ClassificationInterpretation
-from lrkit.image_learner import VisionLearner
 from lrkit.report import rich_table
+from lrkit.vision import VisionLearner
 
 TOP_LOSSES = 9  # images in top_losses.png (a 3 x 3 grid)
 SHOWN_PAIRS = 10  # most confused pairs printed (all are recorded)

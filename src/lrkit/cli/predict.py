@@ -21,7 +21,7 @@ from lrkit.cli.args import (
 )
 from lrkit.cli.output import machine_line
 from lrkit.cli.setup import pick_device
-from lrkit.export_file import load_learner
+from lrkit.vision import load_learner
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:

@@ -18,8 +18,8 @@ import lrkit
 from lrkit.cli.interpretation import interpret
 from lrkit.cli.setup import DataOptions
 from lrkit.data.dataloaders import DataLoaders
-from lrkit.image_learner import VisionLearner
 from lrkit.range_test_result import LRFindResult
+from lrkit.vision.learner import VisionLearner
 
 
 def versions() -> dict[str, str]:

@@ -23,9 +23,14 @@ from lrkit.cli.args import (
 from lrkit.cli.output import class_counts, class_lines, left_out_lines
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.datasets import fashion_mnist, pets
-from lrkit.image_learner import VisionLearner, vision_learner
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.vision import JunkWarning, csv_dataloaders, image_dataloaders
+from lrkit.vision import (
+    JunkWarning,
+    VisionLearner,
+    csv_dataloaders,
+    image_dataloaders,
+    vision_learner,
+)
 
 # ------------------------------------------------------------------------------ data and model
 

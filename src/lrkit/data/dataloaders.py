@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrkit.data.preprocess import Preprocess, Stats
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -31,7 +33,10 @@ class DataLoaders:
     """A train loader, an optional valid loader and the class names (`vocab`).
 
     Plain PyTorch DataLoaders (or any re-iterable of batches) are welcome; the image pipeline
-    returns this same class with `vocab` filled in.
+    returns this same class with `vocab` filled in, and `preprocess`: the frozen record of what
+    validation does to one image (presize, size, stats), which an export keeps so that
+    `predict` makes the same input of an image file. `stats` given alone become that record's
+    mean/std; given with `preprocess`, they must agree (ValueError).
     """
 
     def __init__(
@@ -42,15 +47,31 @@ class DataLoaders:
         multi_label: bool = False,
         stats: tuple[Sequence[float], Sequence[float]] | None = None,
         junk: Sequence[Any] = (),
+        preprocess: Preprocess | None = None,
     ) -> None:
         self.train = train
         self.valid = valid
         self.vocab = list(vocab) if vocab is not None else None
         self.multi_label = multi_label
-        # Per-channel (mean, std) the batches were normalised with; show_batch undoes it.
-        self.stats = stats
+        if preprocess is None:
+            preprocess = Preprocess().with_stats(stats) if stats is not None else None
+        elif stats is not None and preprocess.stats != Preprocess().with_stats(stats).stats:
+            raise ValueError(
+                f"stats {stats} disagree with the preprocessing's {preprocess.stats}; give one"
+            )
+        self.preprocess = preprocess  # None: nothing known of how an input is made
         # Files the image pipeline left out, as (path, reason) records.
         self.junk = list(junk)
+
+    @property
+    def stats(self) -> Stats | None:
+        """Per-channel (mean, std) the batches were normalised with; show_batch undoes it."""
+        return self.preprocess.stats if self.preprocess is not None else None
+
+    @stats.setter
+    def stats(self, stats: tuple[Sequence[float], Sequence[float]] | None) -> None:
+        """Record new normalisation stats (the loaders themselves are not changed)."""
+        self.preprocess = (self.preprocess or Preprocess()).with_stats(stats)
 
     @property
     def n_train(self) -> int | None:

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
-from lrkit.data.download import DownloadError, Remote, cache_dir, download
 from lrkit.data.idx import read_idx
+from lrkit.data.preprocess import Preprocess
 from lrkit.data.subset import balanced_subset
+from lrkit.fetch import DownloadError, Remote, cache_dir, download
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -184,7 +185,7 @@ def array_dataloaders(
         ),
         DataLoader(datasets[1], shuffle=False, **common),
         vocab=vocab,
-        stats=((MEAN,) * channels, (STD,) * channels),
+        preprocess=Preprocess(size=size, mean=(MEAN,) * channels, std=(STD,) * channels),
     )
 
 

@@ -2,14 +2,13 @@
 
 A prediction must see an image as validation did: upright by its EXIF tag, every mode made
 RGB (transparency on white), the centre square presized as uint8, then resized to `size` and
-normalised by the same batch transform. `preprocess` is the plain dict an exported model
-keeps: "presize", "size", "mean"/"std" and "channels" (see `lrkit.export_file.export`).
+normalised by the same batch transform, as the loaders' `Preprocess` record says (the same
+record an export keeps; see `lrkit.data.preprocess`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from PIL import Image
 
 from lrkit.data.augment import BatchTransform, normalize
 from lrkit.data.decode import load_rgb, pil_rgb
+from lrkit.data.preprocess import Preprocess
 from lrkit.data.presize import PresizeConfig, presize_image
 
 
@@ -27,18 +27,21 @@ def centre_square(img: Image.Image) -> np.ndarray:
     return np.array(img.crop((left, top, left + side, top + side)))
 
 
-def image_input(item: str | Path | Image.Image, preprocess: dict[str, Any] | None) -> torch.Tensor:
-    """(C, size, size) float input for `item`, made as the validation batches were made."""
+def image_input(item: str | Path | Image.Image, preprocess: Preprocess | None) -> torch.Tensor:
+    """(C, size, size) float input for `item`, made as the validation batches were made.
+
+    Raises ValueError without a `preprocess` record (nothing says how to make the input).
+    """
     if preprocess is None:
         raise ValueError(
             "this model was exported without image preprocessing, so predict() takes a tensor; "
             "export with preprocess={'size': ..., 'mean': [...], 'std': [...]} to pass images"
         )
-    presize, size = preprocess.get("presize"), preprocess.get("size")
+    presize, size = preprocess.presize, preprocess.size
     # the same decode as the loader's, JPEG draft scale included (also for an image fresh
     # from Image.open: one route for a path and the image opened from it)
     image = load_rgb(item, presize) if isinstance(item, (str, Path)) else pil_rgb(item, presize)
-    channels = preprocess.get("channels") or len(preprocess.get("mean") or [0, 0, 0])
+    channels = preprocess.channels or len(preprocess.mean or (0, 0, 0))
     if presize:
         pixels = presize_image(image, PresizeConfig(presize), 0.5, 0.5)
     elif size:
@@ -48,10 +51,7 @@ def image_input(item: str | Path | Image.Image, preprocess: dict[str, Any] | Non
     if channels == 1:
         pixels = np.array(Image.fromarray(pixels).convert("L"))[:, :, None]
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0)
-    stats = (
-        tuple(preprocess.get("mean") or [0.0] * channels),
-        tuple(preprocess.get("std") or [1.0] * channels),
-    )
+    stats = (preprocess.mean or (0.0,) * channels, preprocess.std or (1.0,) * channels)
     if size:
         return BatchTransform(size=size, stats=stats, train=False)(x, torch.Generator())[0]
     return normalize(x.float().div_(255), stats)[0]  # no size stored: scale and normalise

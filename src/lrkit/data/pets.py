@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from lrkit.data.dataloaders import DataLoaders
-from lrkit.data.download import Remote, cache_dir, fetch_and_extract
 from lrkit.data.labels import regex_labeller
 from lrkit.data.pipeline import PETS_LABEL_RE, image_dataloaders
 from lrkit.data.splits import read_name_list
+from lrkit.fetch import Remote, cache_dir, fetch_and_extract
 
 BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 REMOTES = [

@@ -20,7 +20,6 @@ from lrkit.data.cache import PresizeCache
 from lrkit.data.check import check_files
 from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.decode import Junk, check_image
-from lrkit.data.download import cache_dir
 from lrkit.data.items import IMAGE_EXTENSIONS, get_image_files
 from lrkit.data.labels import (
     LabelError,
@@ -32,8 +31,10 @@ from lrkit.data.labels import (
     regex_labeller,
 )
 from lrkit.data.loader import ImageBatches, ImageItems, default_num_workers
+from lrkit.data.preprocess import Preprocess
 from lrkit.data.presize import PresizeConfig
 from lrkit.data.splits import random_split, split_by_folder, split_from_names
+from lrkit.fetch import cache_dir
 
 PETS_LABEL_RE = r"^(.+)_\d+\.\w+$"
 
@@ -175,7 +176,12 @@ def build_dataloaders(
             )
         )
     return DataLoaders(
-        loaders[0], loaders[1], vocab=vocab, multi_label=multi_label, stats=stats, junk=junk
+        loaders[0],
+        loaders[1],
+        vocab=vocab,
+        multi_label=multi_label,
+        junk=junk,
+        preprocess=Preprocess(presize=presize, size=size, mean=stats[0], std=stats[1]),
     )
 
 

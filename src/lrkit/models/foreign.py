@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrkit.data.download import DownloadError, reachable
+from lrkit.fetch import DownloadError, reachable
 
 LIBRARIES = ("timm", "torchvision")
 # where each library downloads its pretrained weights from: (host, port)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lrkit.data.download import (
+from lrkit.fetch import (
     DownloadError,
     Remote,
     cache_dir,

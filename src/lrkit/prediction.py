@@ -1,22 +1,19 @@
-"""What `predict` does with one item: prepare it, run the model, turn outputs into labels.
+"""What `predict` does with one model input: run the model, turn its outputs into labels.
 
-Shared by `Learner.predict` (the model in training) and `load_learner(path).predict` (an
-exported one), so both give the same answer for the same item.
+Generic (tensors and arrays only, no image decoding): `Learner.predict` calls it directly, and
+`lrkit.vision.predictor` calls it after turning an image file into a tensor, so both give the
+same answer for the same input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from lrkit.data.image_input import image_input
 from lrkit.layer_groups import eval_mode
 
 
@@ -28,30 +25,32 @@ class Prediction(NamedTuple):
     probs: torch.Tensor  # (C,) softmax (single label) or sigmoid (multi-label) probabilities
 
 
-def predict(
+def as_tensor(item: Any) -> torch.Tensor:
+    """`item` (a tensor or numpy array, without batch dim) as a tensor; TypeError otherwise."""
+    if isinstance(item, torch.Tensor):
+        return item
+    if isinstance(item, np.ndarray):
+        return torch.from_numpy(item)
+    raise TypeError(
+        f"predict takes a tensor or array without batch dim, got {type(item).__name__}; image "
+        "files and PIL images go to a vision_learner's predict or lrkit.load_learner(...).predict"
+    )
+
+
+def predict_tensor(
     model: nn.Module,
-    item: Any,
+    x: torch.Tensor,
     vocab: Sequence[str] | None,
     multi_label: bool,
-    preprocess: dict[str, Any] | None,
     device: torch.device | str,
     thresh: float = 0.5,
 ) -> Prediction:
-    """Run `model` on one item (tensor without batch dim, image path or PIL image).
+    """Run `model` on one input `x` (no batch dim) and read its (C,) outputs as labels.
 
-    Raises ValueError (one line) when the model cannot take the item's shape, or gives a number
-    of scores other than the vocabulary's length; TypeError for another kind of item.
+    Single label: softmax, the highest class. Multi-label: sigmoid, every class above `thresh`.
+    Raises ValueError (one line) when the model cannot take `x`'s shape, or gives a number of
+    scores other than the vocabulary's length.
     """
-    if isinstance(item, (str, Path, Image.Image)):
-        x = image_input(item, preprocess)
-    elif isinstance(item, np.ndarray):
-        x = torch.from_numpy(item)
-    elif isinstance(item, torch.Tensor):
-        x = item
-    else:
-        raise TypeError(
-            f"predict takes a tensor, array, image path or PIL image, got {type(item).__name__}"
-        )
     with torch.no_grad(), eval_mode(model):  # every module's own mode back afterwards
         try:
             out = model(x.unsqueeze(0).to(device))[0].float().cpu()  # (C,)
@@ -75,27 +74,3 @@ def predict(
     probs = out.softmax(dim=-1)
     best = int(probs.argmax())
     return Prediction(vocab[best] if vocab is not None else best, best, probs)
-
-
-@dataclass
-class Predictor:
-    """An exported model ready for inference: `predict(item) -> (label, index, probs)`."""
-
-    model: nn.Module
-    vocab: list[str] | None
-    multi_label: bool
-    preprocess: dict[str, Any] | None
-    device: torch.device
-    thresh: float = 0.5  # multi-label decision threshold on the sigmoid
-
-    def predict(self, item: Any) -> Prediction:
-        """Label, class index and probabilities for one item."""
-        return predict(
-            self.model,
-            item,
-            self.vocab,
-            self.multi_label,
-            self.preprocess,
-            self.device,
-            self.thresh,
-        )

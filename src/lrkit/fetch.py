@@ -1,11 +1,13 @@
-"""Fetching dataset files: a cache folder, resumable downloads checked by sha256, tar extraction.
+"""Fetching files: a cache folder, resumable downloads checked by sha256, tar extraction.
 
-Both dataset recipes (Pets, Fashion-MNIST) go through `download`: it writes to `<dest>.part`,
-resumes an interrupted transfer with an HTTP Range request, checks the size and sha256 before
-moving the file into place, and turns network failures into one clear message. Also without a
-known size or checksum, a body shorter than the server announced (Content-Length or
-Content-Range) is never taken as the file, and an HTML page (an error or login page served with
-status 200) is refused: a download is always a data file, never a web page.
+The dataset recipes (`lrkit.data`: Pets, Fashion-MNIST) and the pretrained weights
+(`lrkit.models.hub`) go through `download`; it knows files and URLs, nothing of what they hold.
+It writes to `<dest>.part`, resumes an interrupted transfer with an HTTP Range request, checks
+the size and sha256 before moving the file into place, and turns network failures into one
+clear message. Also without a known size or checksum, a body shorter than the server announced
+(Content-Length or Content-Range) is never taken as the file, and an HTML page (an error or
+login page served with status 200) is refused: a download is always a data file, never a web
+page.
 
 Where the file is binary (its name ends in one of BINARY_SUFFIXES: archives, weights, arrays),
 more is refused, whatever the status: a text, XML or JSON Content-Type (of the last response,
@@ -48,7 +50,7 @@ _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
 
 
 class DownloadError(RuntimeError):
-    """A dataset file could not be fetched, resumed, verified or unpacked."""
+    """A file could not be fetched, resumed, verified or unpacked."""
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,17 @@ accepted where those libraries load; their exports name them, so no pickle is ne
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from lrkit import export_file
 from lrkit.data import DataLoaders
+from lrkit.data.preprocess import Preprocess, as_preprocess
 from lrkit.layer_groups import Splitter
 from lrkit.learner import Learner
 from lrkit.metrics import Metric, accuracy_multi
@@ -37,8 +39,10 @@ from lrkit.models.split import default_split
 from lrkit.models.vision_model import ARCHS, attach_head, build_network, vision_model
 from lrkit.models.weights import load_pretrained, set_in_chans
 from lrkit.onnx_export import export_onnx
-from lrkit.predictor import Prediction, predict
-from lrkit.thresholds import ThresholdSweep, sweep_thresholds
+from lrkit.prediction import Prediction
+from lrkit.vision import interpret
+from lrkit.vision.predictor import predict
+from lrkit.vision.thresholds import ThresholdSweep, sweep_thresholds
 
 Pretrained = bool | str | Path | None
 Arch = str | Callable[..., nn.Module] | nn.Module
@@ -77,38 +81,31 @@ class VisionLearner(Learner):
             sweep.plot(path)
         return sweep
 
-    def _preprocess(self) -> dict[str, Any] | None:
-        """How an image file becomes a model input: the valid loader's presize, size and stats."""
-        out: dict[str, Any] = {}
-        presize = getattr(
-            getattr(getattr(self.dls.valid, "dataset", None), "cfg", None), "presize", None
-        )
-        if isinstance(presize, int):
-            out["presize"] = presize
-        size = getattr(getattr(self.dls.valid, "transform", None), "size", None)
-        if size is None:  # in-memory datasets (Fashion-MNIST) carry their size themselves
-            size = getattr(getattr(self.dls.valid, "dataset", None), "size", None)
-        if isinstance(size, int):
-            out["size"] = size
-        if self.dls.stats is not None:
-            mean, std = self.dls.stats
-            out["mean"], out["std"] = [float(m) for m in mean], [float(s) for s in std]
-        return out or None
-
-    def predict(self, item: Any, preprocess: dict[str, Any] | None = None) -> Prediction:
+    def predict(
+        self, item: Any, preprocess: Preprocess | dict[str, Any] | None = None
+    ) -> Prediction:
         """Label(s), index(es) and probabilities for one image file, PIL image or tensor.
 
-        Multi-label: every label whose sigmoid is above `self.thresh` (see find_threshold).
+        Images are made into inputs as `preprocess` says, by default as the loaders do
+        (`dls.preprocess`). Multi-label: every label whose sigmoid is above `self.thresh`
+        (see find_threshold).
         """
+        record = as_preprocess(preprocess) if preprocess is not None else self.dls.preprocess
         return predict(
             self.model,
             item,
             self.dls.vocab,
             self.dls.multi_label,
-            preprocess if preprocess is not None else self._preprocess(),
+            record,
             self.device,
             self.thresh,
         )
+
+    def show_results(
+        self, path: str | Path | None = None, n: int = 9, loader: Iterable | None = None
+    ) -> Figure:
+        """First `n` validation images titled actual/predicted (see lrkit.vision.interpret)."""
+        return interpret.show_results(self, path, n, loader)
 
     def to_onnx(self, path: str | Path, size: int | None = None) -> Path:
         """Write the model to `path` as ONNX for serving: input "images" (B, C, size, size),
@@ -118,7 +115,8 @@ class VisionLearner(Learner):
         (`pip install 'lrkit[onnx]'`); raises ModuleNotFoundError in one line without it.
         """
         if size is None:
-            size = (self._preprocess() or {}).get("size", 224)
+            size = self.dls.preprocess.size if self.dls.preprocess is not None else None
+            size = size or 224
         example = torch.zeros(1, _in_chans(self.dls), size, size)
         return export_onnx(self.model, path, example)
 
@@ -127,7 +125,7 @@ class VisionLearner(Learner):
         path: str | Path,
         factory: Callable[..., nn.Module] | str | None = None,
         kwargs: dict[str, Any] | None = None,
-        preprocess: dict[str, Any] | None = None,
+        preprocess: Preprocess | dict[str, Any] | None = None,
         pickle_model: bool = False,
     ) -> Path:
         """Write what `load_learner(path).predict(item)` needs, threshold and image size included.
@@ -145,7 +143,7 @@ class VisionLearner(Learner):
             multi_label=self.dls.multi_label,
             factory=factory,
             kwargs=kwargs,
-            preprocess=preprocess if preprocess is not None else self._preprocess(),
+            preprocess=preprocess if preprocess is not None else self.dls.preprocess,
             pickle_model=pickle_model,
             thresh=self.thresh,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import FileServer, serve
-from lrkit.data.download import (
+from lrkit.fetch import (
     DownloadError,
     Remote,
     cache_dir,
