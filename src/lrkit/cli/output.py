@@ -1,9 +1,11 @@
 """What the commands print: human lines through a console, machine lines untouched.
 
 Human lines (summaries, tables, warnings) go through a rich Console. In a terminal it fits the
-terminal's width; when the stream is a pipe or a file it hard-wraps at LOG_WIDTH columns, so a
-log reads the same whatever COLUMNS says. Machine-read lines (`--json`, `lrkit predict`'s
-`path<TAB>label` lines) are written with `machine_line`, never wrapped.
+terminal's width (a table squeezes to fit; a long line wraps as the terminal would). When the
+stream is a pipe or a file, no line is ever broken: a sentence stays on one line for `grep`,
+`less` and log readers to wrap as they like, whatever COLUMNS says, and tables are drawn at
+their natural width up to LOG_WIDTH. Machine-read lines (`--json`, `lrkit predict`'s
+`path<TAB>label` lines) are written with `machine_line`, never through the console.
 """
 
 from __future__ import annotations
@@ -18,19 +20,18 @@ from rich.console import Console
 
 from lrkit.schedule import LrSpec
 
-LOG_WIDTH = 80  # columns of a human line in a pipe or a log file
+LOG_WIDTH = 200  # columns a table may take in a pipe or a log file (text is never wrapped)
 SHOWN_CLASSES = 10  # class names listed after loading; the rest are counted
 MIN_CLASS_ITEMS = 2  # a class with fewer items cannot be both trained on and validated
 
 
 def make_console(stderr: bool = False) -> Console:
     """The console for human lines (on stderr when stdout carries --json): the terminal's
-    width in a terminal, LOG_WIDTH columns otherwise."""
+    width in a terminal; in a pipe or a file, lines are never wrapped (see the module)."""
     stream = sys.stderr if stderr else sys.stdout
-    terminal = stream.isatty()
-    return Console(
-        file=stream, highlight=False, width=None if terminal else LOG_WIDTH, soft_wrap=False
-    )
+    if stream.isatty():
+        return Console(file=stream, highlight=False)
+    return Console(file=stream, highlight=False, width=LOG_WIDTH, soft_wrap=True)
 
 
 def machine_line(text: str) -> None:
