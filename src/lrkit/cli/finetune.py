@@ -36,7 +36,7 @@ from lrkit.cli.args import (
     add_command as add_command_to,
 )
 from lrkit.cli.interpretation import OUTPUTS as INTERPRETATION_OUTPUTS
-from lrkit.cli.output import describe_lr
+from lrkit.cli.output import describe_lr, plural
 from lrkit.cli.results import (
     data_summary,
     finish_training,
@@ -65,7 +65,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
         "--epochs epochs at slice(hi / --lr-mult, hi). With --lr a number hi: the head at hi, "
         "then slice(hi / --lr-mult, hi). Writes model.lrk, metrics.csv, losses.png, "
-        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png and fine_tune.json.",
+        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png, fine_tune.json and the "
+        "interpretation (confusion_matrix.png and top_losses.png; multi-label: threshold.png "
+        "and per_class.png), as lrkit train does.",
     )
     add_data(parser)
     add_model(parser)
@@ -136,7 +138,7 @@ def train_in_stages(
         ):
             done.append(result)
             console.print(
-                f"{result.name} stage: {result.epochs} epochs at {describe_lr(result.lr)}"
+                f"{result.name} stage: {plural(result.epochs, 'epoch')} at {describe_lr(result.lr)}"
             )
     except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
         stage, steps = plan[len(done)], len(stop.partial.lrs)

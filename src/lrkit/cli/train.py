@@ -49,7 +49,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "fit with a fixed, sliced or suggested learning rate",
         "Train with fit_one_cycle (or a constant lr). --lr takes a number, LO:HI for "
         "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
-        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
+        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png, "
+        "train.json and what the model gets wrong on the validation set: confusion_matrix.png, "
+        "top_losses.png and the most confused pairs (multi-label: the threshold sweep, "
+        "threshold.png, and per-class precision/recall at the chosen threshold, per_class.png; "
+        "the threshold is stored in model.lrk).",
     )
     add_data(train)
     add_model(train)
