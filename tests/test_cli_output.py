@@ -112,3 +112,16 @@ def test_predict_refuses_cuda_without_a_gpu_like_the_other_commands(tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1
         assert err[0].endswith("--device cuda was asked for, but torch sees no CUDA GPU here")
+
+
+def test_left_out_files_are_grouped_by_reason_with_flags_spoken():
+    from lrkit.cli.output import left_out_lines
+
+    reason = "no match for label_re 'x'"
+    lines = [f"  a_1.jpg: {reason}", f"  b_2.jpg: {reason}", f"  c_3.jpg: {reason}"]
+    message = "\n".join(["4 file(s) left out:", *lines, "  d.jpg: empty file"])
+    assert left_out_lines(message, {"label_re": "--label-re"}) == [
+        "3 files left out: no match for --label-re 'x' (e.g. a_1.jpg)",
+        "left out d.jpg: empty file",
+    ]
+    assert left_out_lines("something else entirely") == ["something else entirely"]

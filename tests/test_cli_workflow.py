@@ -172,3 +172,13 @@ def test_log_without_its_package_is_one_line(backend, fashion, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--log {backend}" in err[0]
     assert f"pip install 'lrkit[{backend}]'" in err[0]
+
+
+def test_fine_tune_writes_the_interpretation_and_the_resolved_config(fashion, tmp_path, capsys):
+    out = tmp_path / "ft"
+    argv = ["fine-tune", *fashion, "--freeze-epochs", "1", "--epochs", "1", "--lr", "1e-3"]
+    record, _ = run_json([*argv, "--out", str(out)], capsys)
+    assert (out / "confusion_matrix.png").is_file() and (out / "top_losses.png").is_file()
+    assert len(record["interpretation"]["confusion_matrix"]) == 10
+    assert record["config"]["arch"] == "resnet_small" and record["config"]["pretrained"] == "none"
+    assert record["config"]["lr_mult"] == 100.0 and record["config"]["log"] == "csv"
