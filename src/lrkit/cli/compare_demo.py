@@ -64,7 +64,9 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         "Range test, the rules compared, transfer learning with discriminative rates, and a "
         "report (report.md, report.html) in --out. --quick runs every step smaller.",
     )
-    demo.add_argument("--quick", action="store_true", help="smaller subsets (about 2 minutes)")
+    demo.add_argument(
+        "--quick", action="store_true", help="smaller subsets, every step shorter (README: times)"
+    )
     demo.add_argument("--data", help="folder with the Fashion-MNIST files (default: find them)")
     demo.set_defaults(run=run_demo_command)
 
