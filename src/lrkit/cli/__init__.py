@@ -10,8 +10,9 @@ written, marked `"interrupted": true`, and the exit code is 130.
 One module per subcommand group, each with `add_command(commands)` (its options) and its
 `run_*(args, console)` (parse, call the library, print): `find`, `train`, `finetune`,
 `compare_demo`, `summary`, `predict`. What they share: `args` (option types, one-line errors,
-exit codes), `setup` (data and learner), `results` (files written beside a result), `output`
-(the console and its line wrapping).
+exit codes), `setup` (data, learner, --log, the resolved config), `results` (files written
+beside a result), `interpretation` (what train and fine-tune say about the model), `output`
+(the console, machine lines, the class list and left-out files after loading).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"command": args.command, "interrupted": True}))
         print(f"lrkit {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:  # an experiment logger's run is finished, whatever happened
+        for close in getattr(args, "on_exit", []):
+            close()
     if args.json:
         print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return 0

@@ -171,6 +171,19 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
 
 
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+def add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log",
+        choices=LOGGERS,
+        default="csv",
+        help="where the run is logged besides metrics.csv: tensorboard (OUT/tensorboard) or "
+        "wandb (an offline run in OUT/wandb unless WANDB_MODE says otherwise); csv: nothing else",
+    )
+
+
 def add_range_test(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("range test")
     group.add_argument("--num-it", type=STEPS, default=RANGE_TEST.num_it, help="optimizer steps")

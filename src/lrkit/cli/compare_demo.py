@@ -29,6 +29,7 @@ from lrkit.cli.results import (
 )
 from lrkit.cli.setup import (
     pick_device,
+    resolved_config,
     setup,
 )
 from lrkit.compare import CompareConfig, compare_rules, rule_table, write_comparison
@@ -63,7 +64,9 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         "Range test, the rules compared, transfer learning with discriminative rates, and a "
         "report (report.md, report.html) in --out. --quick runs every step smaller.",
     )
-    demo.add_argument("--quick", action="store_true", help="smaller subsets (about 2 minutes)")
+    demo.add_argument(
+        "--quick", action="store_true", help="smaller subsets, every step shorter (README: times)"
+    )
     demo.add_argument("--data", help="folder with the Fashion-MNIST files (default: find them)")
     demo.set_defaults(run=run_demo_command)
 
@@ -102,6 +105,7 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             "range_test": stop.partial.to_dict(),
             "data": data_summary(options, dls),
             "seed": args.seed,
+            "config": resolved_config(args),
             "versions": versions(),
         }
         written = [args.out / "comparison.json"]
@@ -115,7 +119,12 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             record,
             EXIT_INTERRUPTED,
         ) from None
-    extra = {"data": data_summary(options, dls), "seed": args.seed, "versions": versions()}
+    extra = {
+        "config": resolved_config(args),
+        "data": data_summary(options, dls),
+        "seed": args.seed,
+        "versions": versions(),
+    }
     paths = write_comparison(comparison, args.out, extra)
     for note in comparison.range_test.warnings:
         console.print(f"[yellow]warning:[/] range test: {note}", highlight=False)

@@ -17,6 +17,7 @@ from lrkit.cli.args import (
     REPEATS,
     Unfinished,
     add_data,
+    add_logging,
     add_model,
     add_range_test,
     check_outputs,
@@ -30,6 +31,7 @@ from lrkit.cli.results import (
     versions,
 )
 from lrkit.cli.setup import (
+    resolved_config,
     setup,
 )
 from lrkit.config import RANGE_TEST
@@ -49,6 +51,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     add_data(find)
     add_model(find)
     add_range_test(find)
+    add_logging(find)
     find.add_argument("--mode", choices=("exp", "linear"), default=RANGE_TEST.mode)
     find.add_argument(
         "--div-thresh",
@@ -98,6 +101,7 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         if plot_partial_curve(found, args.out / "lr_find.png"):
             written.insert(0, args.out / "lr_find.png")
         record["data"] = data_summary(options, dls)
+        record["config"] = {**resolved_config(args), **record.get("config", {})}
         record["versions"] = versions()
         (args.out / "lr_find.json").write_text(json.dumps(json_ready(record), indent=2))
         raise Unfinished(
@@ -125,7 +129,13 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         )
     found.plot(args.out / "lr_find.png")
     record["data"] = data_summary(options, dls)
-    record["model"] = {"arch": args.arch, "groups": learn.n_groups, "frozen_idx": learn.frozen_idx}
+    # the command's options, defaults resolved, beside the range test's own settings
+    record["config"] = {**resolved_config(args), **record.get("config", {})}
+    record["model"] = {
+        "arch": record["config"]["arch"],
+        "groups": learn.n_groups,
+        "frozen_idx": learn.frozen_idx,
+    }
     record["versions"] = versions()
     (args.out / "lr_find.json").write_text(json.dumps(record, indent=2))
     console.print(table)

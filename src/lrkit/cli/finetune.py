@@ -26,6 +26,7 @@ from lrkit.cli.args import (
     Unfinished,
     UsageError,
     add_data,
+    add_logging,
     add_model,
     add_range_test,
     check_outputs,
@@ -34,18 +35,18 @@ from lrkit.cli.args import (
 from lrkit.cli.args import (
     add_command as add_command_to,
 )
-from lrkit.cli.output import describe_lr
+from lrkit.cli.interpretation import OUTPUTS as INTERPRETATION_OUTPUTS
+from lrkit.cli.output import describe_lr, plural
 from lrkit.cli.results import (
     data_summary,
+    finish_training,
     plot_partial_curve,
-    trained_any,
     versions,
-    write_training_plots,
     written_list,
 )
 from lrkit.cli.setup import (
     resolved_arch,
-    resolved_pretrained,
+    resolved_config,
     setup,
 )
 from lrkit.finder import RangeTestInterrupted
@@ -64,11 +65,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
         "--epochs epochs at slice(hi / --lr-mult, hi). With --lr a number hi: the head at hi, "
         "then slice(hi / --lr-mult, hi). Writes model.lrk, metrics.csv, losses.png, "
-        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png and fine_tune.json.",
+        "schedule.png, lr_find_frozen.png, lr_find_unfrozen.png, fine_tune.json and the "
+        "interpretation (confusion_matrix.png and top_losses.png; multi-label: threshold.png "
+        "and per_class.png), as lrkit train does.",
     )
     add_data(parser)
     add_model(parser)
     add_range_test(parser)
+    add_logging(parser)
     parser.add_argument("--epochs", type=EPOCHS, default=1, help="epochs after unfreezing")
     parser.add_argument(
         "--freeze-epochs", type=HEAD_EPOCHS, default=1, help="head-only epochs first"
@@ -98,7 +102,20 @@ def train_in_stages(
         else:
             learn.fit(stage.epochs, lr, cbs=[logger])
 
+    def announce(stage: Stage) -> None:  # in a log, where no progress bar is drawn
+        if isinstance(stage.lr, str) and not console.is_terminal:
+            console.print(
+                f"range test before the {stage.name} stage: up to {args.num_it} steps, lr "
+                f"{args.start_lr:.0e} to {args.end_lr:.0e} ...",
+                markup=False,
+            )
+
     def on_range_test(stage: Stage, found: LRFindResult) -> None:
+        console.print(
+            f"range test before the {stage.name} stage: {len(found.lrs)} steps "
+            f"({found.stop_reason})",
+            markup=False,
+        )
         found.plot(args.out / f"lr_find_{range_test_name(stage)}.png")
         for note in found.warnings:
             console.print(
@@ -108,6 +125,7 @@ def train_in_stages(
 
     interrupted = stopped = None
     try:
+        announce(plan[0])
         for result in run_stages(
             learn,
             plan,
@@ -116,11 +134,11 @@ def train_in_stages(
             start_lr=args.start_lr,
             end_lr=args.end_lr,
             num_it=args.num_it,
-            progress=False,
+            progress=console.is_terminal,
         ):
             done.append(result)
             console.print(
-                f"{result.name} stage: {result.epochs} epochs at {describe_lr(result.lr)}"
+                f"{result.name} stage: {plural(result.epochs, 'epoch')} at {describe_lr(result.lr)}"
             )
     except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
         stage, steps = plan[len(done)], len(stop.partial.lrs)
@@ -181,6 +199,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     lr = parse_head_lr(args.lr)
     plan = fine_tune_stages(args.epochs, lr, args.freeze_epochs, args.lr_mult)
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "fine_tune.json"]
+    outputs += INTERPRETATION_OUTPUTS
     if isinstance(lr, str):
         outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
     check_outputs(args.out, outputs)
@@ -194,20 +213,21 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         arch=resolved_arch(args),
-        pretrained=str(resolved_pretrained(args)),
+        pretrained=resolved_config(args)["pretrained"],
         precision=args.precision,
         seed=args.seed,
         device=str(learn.device),
     )
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
 
-    plots = write_training_plots(learn, args.out)
-    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
+    cut_short = bool(interrupted or stopped)
+    model_path, plots, interpretation = finish_training(args, learn, done, cut_short, console)
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
-        "config": asdict(config),
+        "config": {**resolved_config(args), **asdict(config)},
         "stages": [result.to_dict() for result in done],
         "final": {k: finite_or_none(v) if isinstance(v, float) else v for k, v in final.items()},
+        "interpretation": interpretation,
         "interrupted": interrupted is not None,
         "stopped": stopped,
         "diverged": learn.diverged,

@@ -4,6 +4,7 @@ what was trained, and the list of files written.
 
 from __future__ import annotations
 
+import argparse
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 import lrkit
+from lrkit.cli.interpretation import interpret
 from lrkit.cli.setup import DataOptions
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.range_test_result import LRFindResult
@@ -73,3 +76,24 @@ def write_training_plots(learn: VisionLearner, out: Path) -> list[str]:
         learn.recorder.plot_schedule(out / "schedule.png")
         written.append("schedule.png")
     return written
+
+
+def finish_training(
+    args: argparse.Namespace,
+    learn: VisionLearner,
+    done: list,
+    cut_short: bool,
+    console: Console,
+) -> tuple[Path | None, list[str], dict[str, Any] | None]:
+    """After a training command's stages: the loss and schedule plots, the interpretation
+    (when the stages ran to their end: not after Ctrl-C, a stop or divergence), then the
+    export (multi-label: with the threshold the interpretation chose). Returns (the model
+    file or None when nothing trained, the names of the figures written, the interpretation
+    record or None)."""
+    plots = write_training_plots(learn, args.out)
+    interpretation = None
+    if done and not cut_short and not learn.diverged and not learn.interrupted:
+        interpretation = interpret(learn, args.out, console)
+        plots += interpretation.pop("written")
+    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
+    return model_path, plots, interpretation

@@ -5,6 +5,7 @@ device, build the learner, and say what was built.
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
-from lrkit.callbacks import ProgressCallback
+from lrkit import TensorBoardCallback, WandbCallback
+from lrkit.callbacks import Callback, ProgressCallback
 from lrkit.cli.args import (
     UsageError,
 )
+from lrkit.cli.output import class_counts, class_lines, left_out_lines
 from lrkit.config import DATA
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.datasets import fashion_mnist, pets
@@ -133,13 +137,58 @@ def resolved_pretrained(args: argparse.Namespace) -> str | bool:
     return pretrained
 
 
-def make_learner(args: argparse.Namespace, dls: DataLoaders, console: Console) -> VisionLearner:
-    """The learner the model options describe; body frozen when it is pretrained."""
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option of the command as it was used: defaults filled in (the arch and the
+    pretrained weights by dataset, the device 'auto' resolved), paths as text. Saved in every
+    JSON result and given to the experiment logger."""
+    skip = {"run", "json", "on_exit"}
+    config = {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if key not in skip
+    }
+    if "arch" in config:
+        config["arch"] = resolved_arch(args)
+        pretrained = resolved_pretrained(args)
+        config["pretrained"] = "none" if pretrained is False else str(pretrained)
+    config["device"] = str(pick_device(args.device))
+    return config
+
+
+def experiment_logger(args: argparse.Namespace) -> Callback | None:
+    """The --log backend beside metrics.csv: TensorBoard event files in OUT/tensorboard, or a
+    W&B run in OUT/wandb (offline unless WANDB_MODE says otherwise; `wandb sync` uploads it
+    later); None for csv. UsageError (one line) when the backend's package is missing."""
+    kind = getattr(args, "log", "csv")
+    config = resolved_config(args)
+    try:
+        if kind == "tensorboard":
+            return TensorBoardCallback(args.out / "tensorboard", config=config)
+        if kind == "wandb":
+            return WandbCallback(
+                project=os.environ.get("WANDB_PROJECT") or "lrkit",
+                mode=os.environ.get("WANDB_MODE") or "offline",
+                dir=args.out,
+                config=config,
+            )
+    except ImportError as error:
+        raise UsageError(f"--log {kind}: {error}") from None
+    return None
+
+
+def make_learner(
+    args: argparse.Namespace,
+    dls: DataLoaders,
+    console: Console,
+    logger: Callback | None = None,
+) -> VisionLearner:
+    """The learner the model options describe; body frozen when it is pretrained. `logger`
+    (an experiment logger) joins its callbacks, so range tests and fits are both logged."""
     arch, pretrained = resolved_arch(args), resolved_pretrained(args)
     precision = {"fp32": None, "bf16": "bf16", "fp16": "fp16"}[args.precision]
     torch.manual_seed(args.seed)
     metrics = [accuracy_multi] if dls.multi_label else [error_rate]
-    return vision_learner(
+    learn = vision_learner(
         dls,
         arch,
         pretrained=pretrained,
@@ -147,8 +196,15 @@ def make_learner(args: argparse.Namespace, dls: DataLoaders, console: Console) -
         device=pick_device(args.device),
         mixed_precision=precision,
         progress=False,
-        cbs=[ProgressCallback(console)],  # on stderr under --json: stdout stays pure JSON
+        cbs=[
+            ProgressCallback(console),
+            *([logger] if logger is not None else []),
+        ],  # on stderr under --json: stdout stays pure JSON
     )
+    # our ProgressCallback draws the fits; range tests run anywhere (compare's too) draw
+    # their own bar where stderr is a terminal
+    learn.show_progress = console.is_terminal
+    return learn
 
 
 def _data_options(args: argparse.Namespace) -> DataOptions:
@@ -170,20 +226,34 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
 
 
 def setup(args: argparse.Namespace, console: Console) -> tuple[DataOptions, Any, VisionLearner]:
+    """Load the data and build the learner `args` describe; print what was built: the model,
+    the data's sizes, the classes with their counts (and a warning for any class too small),
+    and the left-out files as one line per reason."""
     options = _data_options(args)
     args.dataset = options.dataset
     pick_device(args.device)  # a bad --device is found before the data is loaded
+    logger = experiment_logger(args)  # and a missing logging package too
+    if logger is not None:
+        args.on_exit = [*getattr(args, "on_exit", []), logger.close]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", JunkWarning)
         try:
             dls = load_data(options)
-        finally:  # the list of left-out files, as plain lines; above the error when it fails
+        finally:  # the left-out files, one line per reason; above the error when it fails
             for warning in caught:
-                console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
-    learn = make_learner(args, dls, console)
+                for line in left_out_lines(str(warning.message), {"label_re": "--label-re"}):
+                    console.print(f"[yellow]warning:[/] {escape(line)}")
+    learn = make_learner(args, dls, console, logger)
     console.print(
-        f"{learn.model.__class__.__name__} ({args.arch or 'default arch'}) on "
+        f"{learn.model.__class__.__name__} ({resolved_arch(args)}) on "
         f"{options.dataset or options.data}: {dls.n_train} train / {dls.n_valid} valid items, "
         f"{dls.c} classes, {learn.n_groups} layer groups, device {learn.device}"
     )
+    counts = class_counts(dls)
+    if counts:
+        lines, few = class_lines(counts)
+        for line in lines:
+            console.print(line, markup=False)
+        for line in few:
+            console.print(f"[yellow]warning:[/] {escape(line)}")
     return options, dls, learn

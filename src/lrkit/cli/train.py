@@ -16,6 +16,7 @@ from lrkit.cli.args import (
     LR_MULTIPLIER,
     Unfinished,
     add_data,
+    add_logging,
     add_model,
     add_range_test,
     check_outputs,
@@ -25,15 +26,16 @@ from lrkit.cli.args import (
     add_command as add_command_to,
 )
 from lrkit.cli.finetune import range_test_name, train_in_stages
+from lrkit.cli.interpretation import OUTPUTS as INTERPRETATION_OUTPUTS
 from lrkit.cli.output import describe_lr
 from lrkit.cli.results import (
     data_summary,
-    trained_any,
+    finish_training,
     versions,
-    write_training_plots,
     written_list,
 )
 from lrkit.cli.setup import (
+    resolved_config,
     setup,
 )
 from lrkit.range_test_result import finite_or_none, json_ready
@@ -47,11 +49,16 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "fit with a fixed, sliced or suggested learning rate",
         "Train with fit_one_cycle (or a constant lr). --lr takes a number, LO:HI for "
         "discriminative rates over the layer groups, or a rule name (auto, minimum, valley, ...) "
-        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png.",
+        "to run a range test first. Writes model.lrk, metrics.csv, losses.png, schedule.png, "
+        "train.json and what the model gets wrong on the validation set: confusion_matrix.png, "
+        "top_losses.png and the most confused pairs (multi-label: the threshold sweep, "
+        "threshold.png, and per-class precision/recall at the chosen threshold, per_class.png; "
+        "the threshold is stored in model.lrk).",
     )
     add_data(train)
     add_model(train)
     add_range_test(train)
+    add_logging(train)
     train.add_argument("--epochs", type=EPOCHS, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
     train.add_argument(
@@ -83,6 +90,7 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     else:
         plan = [Stage("train", args.epochs, spec)]
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
+    outputs += INTERPRETATION_OUTPUTS
     if isinstance(spec, str):  # a rule: one range-test plot per stage
         outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
     check_outputs(args.out, outputs)
@@ -97,15 +105,16 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         }
         for result in done
     ]
-
-    plots = write_training_plots(learn, args.out)
-    model_path = learn.export(args.out / "model.lrk") if trained_any(learn, done) else None
+    cut_short = bool(interrupted or stopped)
+    model_path, plots, interpretation = finish_training(args, learn, done, cut_short, console)
     final = learn.recorder.log[-1] if learn.recorder.log else {}
     record = {
+        "config": resolved_config(args),
         "stages": stages,
         "final": {
             k: (v if not isinstance(v, float) else finite_or_none(v)) for k, v in final.items()
         },
+        "interpretation": interpretation,
         "interrupted": interrupted is not None,
         "stopped": stopped,
         "diverged": learn.diverged,
