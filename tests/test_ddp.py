@@ -153,8 +153,8 @@ def test_cli_train_under_torchrun_writes_once_and_prints_one_json(tmp_path):
     assert record["model"] == str(out / "model.lrk")
     assert record["data"]["n_valid"] == 41
     assert sorted(p.name for p in out.iterdir()) == [
-        "losses.png", "lr_find_train.png", "metrics.csv", "model.lrk", "schedule.png",
-        "train.json",
+        "confusion_matrix.png", "losses.png", "lr_find_train.png", "metrics.csv", "model.lrk",
+        "schedule.png", "top_losses.png", "train.json",
     ]  # fmt: skip
     assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header, one epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fashion", "out"]  # no lrkit-out
