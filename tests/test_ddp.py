@@ -23,6 +23,10 @@ from ddp_worker import N_TRAIN, make_dls
 from learner_fixtures import TinyNet, body_head
 from lrkit import Learner, accuracy
 
+# Two processes that each import torch: ~25 s of CPU, over a minute of wall time on the shared
+# 2-core machine; so outside the fast suite, and in CI (pytest -m "not slow or ci").
+pytestmark = [pytest.mark.slow, pytest.mark.ci]
+
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 
@@ -129,8 +133,6 @@ def test_a_stop_on_one_rank_stops_every_rank_at_the_same_batch(ranks):
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-@pytest.mark.slow
-@pytest.mark.ci
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
 def test_cli_train_under_torchrun_writes_once_and_prints_one_json(tmp_path):
     from data_fixtures import fake_fashion_files
