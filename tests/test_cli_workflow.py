@@ -202,3 +202,13 @@ def test_range_tests_say_they_are_running_in_a_log(fashion, tmp_path, capsys, mo
         end = next(i for i, line in enumerate(lines) if re.match(rf"{what}: \d+ steps \(", line))
         running = [i for i, line in enumerate(lines) if line.startswith(f"{what}: running, ")]
         assert running and all(start < i < end for i in running), lines
+
+
+def test_compare_says_its_range_test_is_running_in_a_log(fashion, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lrkit.cli.output.HEARTBEAT_S", 0.01)
+    argv = ["compare", *fashion, "--rules", "minimum", "--epochs", "1", "--num-it", "15"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    running = [i for i, line in enumerate(lines) if line.startswith("range test: running, ")]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert running and max(running) < first_epoch  # it stops when the range test ends
