@@ -7,6 +7,7 @@ A module "reaches" another when it imports it, directly or through the modules i
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,40 @@ def test_the_checker_sees_imports():  # the rules above would pass on a checker 
     assert "PIL" in reached("lrkit.vision.predictor")
     assert "lrkit.data.augment" in reached("lrkit.vision")
     assert "lrkit.learner" in reached("lrkit.vision.learner")
+
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+
+
+def _messages(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string literal in `path` that is not a docstring."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_library_messages_name_no_command_line_flags():
+    """The CLI rewrites library errors in its flags' terms (cli_args.speak_flags); the library
+    speaks Python (`num_it=5`, `trust_pickle=True`). A pip command line is not ours."""
+    found = []
+    for path in sorted((SRC / "lrkit").rglob("*.py")):
+        rel = path.relative_to(SRC / "lrkit")
+        if rel.parts[0].startswith("cli") or rel.name == "__main__.py":  # the command's launcher
+            continue
+        for line, text in _messages(path):
+            if FLAG.search(text) and "pip install" not in text:
+                found.append(f"{rel}:{line}: {text!r}")
+    assert not found, found

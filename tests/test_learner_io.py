@@ -197,9 +197,10 @@ def test_summary_names_modules_groups_and_totals():
     learn = make_learner()
     learn.freeze()
     text = learn.summary()
-    assert "body    (16, 16)      176     part" in text
-    assert "head    (16, 3)       51      yes" in text
-    assert "layer groups: 2; frozen up to group 1 of 2" in text
+    assert "body      Sequential   (16, 16)         176  part       0" in text
+    assert "  body.0  Linear       (16, 16)         144  no         0" in text
+    assert "head      Linear       (16, 3)           51  yes        1" in text
+    assert "layer groups: 2; 1 of 2 groups frozen (group 0); only the head (group 1) trains" in text
     assert "total params: 227" in text
     assert "trainable params: 83" in text  # head 51 + BatchNorm 32
     assert "non-trainable params: 144" in text
@@ -211,7 +212,7 @@ def test_summary_names_modules_groups_and_totals():
     # without a valid loader the (shuffled) train loader gives the batch, and its order is kept
     learn.dls.valid = None
     order = learn.dls.train.generator.get_state()
-    assert "head    (16, 3)" in learn.summary()
+    assert "head      Linear       (16, 3)" in learn.summary()
     assert torch.equal(order, learn.dls.train.generator.get_state())
 
 

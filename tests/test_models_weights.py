@@ -95,7 +95,7 @@ def test_wrapped_and_prefixed_checkpoints_are_unwrapped(tmp_path, wrap):
     assert_loaded(load_pretrained(resnet18(), path), state)
 
 
-def test_timm_safetensors_file_loads_without_the_safetensors_package(tmp_path):
+def test_timm_safetensors_file_loads(tmp_path):
     state = torchvision_state(2)
     path = tmp_path / "model.safetensors"
     write_safetensors(path, state)
@@ -182,6 +182,36 @@ def test_truncated_safetensors_is_named(tmp_path):
     path.write_bytes(b"\x00" * 4)
     with pytest.raises(ValueError, match="not a safetensors file"):
         read_state_dict(path)
+
+
+def _raw_safetensors(header: object, body: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + body
+
+
+F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        struct.pack("<Q", 2**40) + b"{}",  # announces a terabyte of header
+        struct.pack("<Q", 3) + b"abc",  # header not JSON
+        _raw_safetensors([1, 2], b""),  # header not an object
+        _raw_safetensors({"w": {**F32_2, "dtype": "X9"}}, bytes(8)),  # unknown dtype
+        _raw_safetensors({"w": {**F32_2, "shape": [4]}}, bytes(8)),  # shape larger than bytes
+        _raw_safetensors({"w": {**F32_2, "data_offsets": [0, 16]}}, bytes(8)),  # past the end
+        _raw_safetensors({"w": F32_2, "v": F32_2}, bytes(8)),  # two tensors on the same bytes
+        _raw_safetensors({"w": F32_2}, bytes(12)),  # bytes no tensor claims
+    ],
+    ids=["huge-header", "not-json", "list", "dtype", "shape", "past-end", "overlap", "gap"],
+)
+def test_malformed_safetensors_is_one_error_naming_the_file(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a safetensors file, or it is cut or corrupt") as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_other_architecture_is_refused_with_the_first_mismatches(tmp_path):

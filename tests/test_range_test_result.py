@@ -95,8 +95,11 @@ def test_plot_marks_every_rule_and_writes_png(tmp_path):
     assert isinstance(fig, Figure)
     assert (tmp_path / "lr_find.png").stat().st_size > 1000
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    named = [
+        part for label in labels for part in label.split(":")[0].replace("≈", "=").split(" = ")
+    ]
     for name in ("lowest", "minimum", "steep", "valley", "slide", "auto"):
-        assert any(label.startswith(name + ":") for label in labels), name
+        assert named.count(name) == 1, (name, labels)  # each rule in exactly one marker's label
     assert fig.axes[0].get_xscale() == "log"
 
 

@@ -66,7 +66,7 @@ def test_pretrained_body_is_loaded_split_in_three_and_frozen(weights_file):
     assert isinstance(learn.loss_fn, nn.CrossEntropyLoss)
     assert learn.model.head[-1].out_features == N_CLASSES
     text = learn.summary()
-    assert "layer groups: 3; frozen up to group 2 of 3" in text
+    assert "layer groups: 3; 2 of 3 groups frozen (groups 0–1); only the head (group 2)" in text
     assert all(f"group {i}:" in text for i in range(3))
     assert not learn.model.body.layer2[0].conv1.weight.requires_grad
     assert learn.model.body.layer2[0].bn1.weight.requires_grad  # train_bn
@@ -84,7 +84,7 @@ def test_a_frozen_epoch_moves_the_head_and_leaves_the_body(weights_file):
     now = dict(learn.model.head.named_parameters())
     assert all(not torch.equal(v, now[k]) for k, v in head.items())
     learn.unfreeze()
-    assert learn.frozen_idx == 0 and "frozen up to group 0 of 3" in learn.summary()
+    assert learn.frozen_idx == 0 and "nothing frozen: all 3 groups train" in learn.summary()
 
 
 def test_from_scratch_nothing_is_frozen():

@@ -1,6 +1,6 @@
 """lrkit: learning-rate range tests, suggestion rules and fine-tuning for PyTorch."""
 
-from lrkit import datasets, models, suggest, vision
+from lrkit import datasets, distributed, models, suggest, vision
 from lrkit.batch import default_forward, to_device
 from lrkit.callbacks import (
     Callback,
@@ -11,8 +11,9 @@ from lrkit.callbacks import (
     SaveBestModel,
 )
 from lrkit.compare import CompareConfig, Comparison, compare_rules
+from lrkit.config import DataConfig, RangeTestConfig
 from lrkit.data import DataLoaders
-from lrkit.finder import RangeTestConfig, lr_find, lr_find_repeated
+from lrkit.finder import lr_find, lr_find_repeated
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.loggers import TensorBoardCallback, WandbCallback
@@ -43,6 +44,7 @@ __all__ = [
     "ClassificationInterpretation",
     "CompareConfig",
     "Comparison",
+    "DataConfig",
     "DataLoaders",
     "EarlyStopping",
     "LRFindResult",
@@ -64,6 +66,7 @@ __all__ = [
     "compare_rules",
     "datasets",
     "default_forward",
+    "distributed",
     "error_rate",
     "f1_multi",
     "fbeta_multi",

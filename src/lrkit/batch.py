@@ -56,3 +56,26 @@ def default_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
         f"a batch must be (inputs..., target), got {type(batch).__name__}; "
         "pass forward=fn(model, batch) -> (prediction, target) for other layouts"
     )
+
+
+def channels_last_batch(batch: Any) -> Any:
+    """4-D floating tensors of a (nested) batch in channels_last memory format."""
+    if isinstance(batch, torch.Tensor):
+        if batch.ndim == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {key: channels_last_batch(value) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(channels_last_batch(value) for value in batch)
+    return batch
+
+
+def items_in(target: Any) -> int:
+    """Items in a batch, from its target; 1 when the target has no length."""
+    if isinstance(target, torch.Tensor) and target.ndim > 0:
+        return target.shape[0]
+    try:
+        return len(target) or 1
+    except TypeError:
+        return 1

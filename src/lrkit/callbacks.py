@@ -32,6 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lrkit import plots
+from lrkit.history import FitRecord
+from lrkit.report import plural
 
 if TYPE_CHECKING:
     from lrkit.learner import Learner
@@ -44,6 +46,7 @@ class Callback:
     """Base class: every hook is a no-op; override the ones you need."""
 
     order: int = 0  # callbacks run in ascending order, ties in the order they were added
+    main_process_only: bool = False  # under torchrun, run only on rank 0 (output, files)
 
     def before_fit(self, learn: Learner) -> None:
         """Called once before the first epoch."""
@@ -91,50 +94,86 @@ def _format_value(key: str, value: Any) -> str:
 class Recorder(Callback):
     """Records per batch the lr of every group, the momentum and the loss; per epoch the log.
 
-    Reset at the start of every fit, like fastai's.
+    `lrs`, `moms`, `losses`, `log` and `iters_per_epoch` hold the last fit, as fastai's do;
+    `fits` holds a FitRecord for every fit of this learner in order (fine_tune's frozen and
+    unfrozen stages, say), which `plot_losses` and `plot_schedule` draw one after the other,
+    each change (e.g. "unfreeze") marked. `clear()` forgets the earlier fits.
     """
 
     order = -10
 
     def __init__(self) -> None:
-        self.lrs: list[list[float]] = []  # [batch][group]
-        self.moms: list[float | None] = []  # [batch], the last group's momentum
-        self.losses: list[float] = []  # [batch], training loss
-        self.log: list[dict[str, Any]] = []  # [epoch]
-        self.iters_per_epoch: list[int] = []
+        self.fits: list[FitRecord] = []
+
+    def _last(self) -> FitRecord:
+        return self.fits[-1] if self.fits else FitRecord(0, 0, None)
+
+    @property
+    def lrs(self) -> list[list[float]]:
+        """The last fit's lr per batch and group."""
+        return self._last().lrs
+
+    @property
+    def moms(self) -> list[float | None]:
+        """The last fit's momentum per batch."""
+        return self._last().moms
+
+    @property
+    def losses(self) -> list[float]:
+        """The last fit's training loss per batch."""
+        return self._last().losses
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        """The last fit's epoch log."""
+        return self._last().log
+
+    @property
+    def iters_per_epoch(self) -> list[int]:
+        """The last fit's batch count per finished epoch."""
+        return self._last().iters_per_epoch
+
+    def clear(self) -> None:
+        """Forget every recorded fit."""
+        self.fits = []
 
     def before_fit(self, learn: Learner) -> None:
-        self.lrs, self.moms, self.losses, self.log, self.iters_per_epoch = [], [], [], [], []
+        self.fits.append(FitRecord(learn.frozen_idx, learn.n_groups, learn.n_iter))
 
     def before_epoch(self, learn: Learner) -> None:
         self._epoch_start = len(self.losses)
 
     def after_batch(self, learn: Learner) -> None:
-        self.lrs.append([group["lr"] for group in learn.opt.param_groups])
-        self.moms.append(learn.momentum)
-        self.losses.append(learn.batch_loss)
+        stage = self.fits[-1]
+        stage.lrs.append([group["lr"] for group in learn.opt.param_groups])
+        stage.moms.append(learn.momentum)
+        stage.losses.append(learn.batch_loss)
 
     def after_epoch(self, learn: Learner) -> None:
-        self.log.append(dict(learn.epoch_log))
-        self.iters_per_epoch.append(len(self.losses) - self._epoch_start)
+        stage = self.fits[-1]
+        stage.log.append(dict(learn.epoch_log))
+        stage.iters_per_epoch.append(len(stage.losses) - self._epoch_start)
 
     def values(self, key: str) -> list[Any]:
-        """One column of the epoch log, e.g. `values("valid_loss")`."""
+        """One column of the last fit's epoch log, e.g. `values("valid_loss")`."""
         return [row.get(key) for row in self.log]
 
     def plot_losses(self, path: str | Path | None = None) -> Figure:
-        """Training loss per batch and validation loss per epoch."""
-        return plots.plot_losses(self, path)
+        """Training loss (smoothed, raw faintly behind) and validation loss against the epoch,
+        every recorded fit one after the other, changes between fits marked."""
+        return plots.plot_losses(self.fits, path)
 
     def plot_schedule(self, path: str | Path | None = None) -> Figure:
-        """Learning rate of every group and the momentum, per batch."""
-        return plots.plot_schedule(self, path)
+        """Learning rate of every group and the momentum against the epoch, every recorded fit
+        one after the other, changes between fits marked."""
+        return plots.plot_schedule(self.fits, path)
 
 
 class ProgressCallback(Callback):
     """A rich progress bar per epoch and a results table; one line per epoch when not a terminal."""
 
     order = 100
+    main_process_only = True
 
     def __init__(self, console: Console | None = None, refresh_s: float = 0.25) -> None:
         self.console = console if console is not None else Console()
@@ -286,7 +325,7 @@ class EarlyStopping(Callback):
             learn.stop = True
             learn.stop_reason = (
                 f"early stopping: {self._monitor.monitor} has not improved on "
-                f"{self._monitor.best:.6f} for {self.wait} epochs"
+                f"{self._monitor.best:.6f} for {plural(self.wait, 'epoch')}"
             )
 
 
@@ -333,6 +372,8 @@ class CSVLogger(Callback):
     `stage` (e.g. "frozen", "unfrozen") fills a first column, so the rows of several fits
     appended to one file say which fit they belong to.
     """
+
+    main_process_only = True
 
     def __init__(self, path: str | Path, append: bool = False, stage: str | None = None) -> None:
         self.path = Path(path)

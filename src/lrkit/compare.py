@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from lrkit import suggest
+from lrkit.config import RANGE_TEST
 from lrkit.learner import Learner
 from lrkit.plots import valid_loss_per_rule_figure
 from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
-from lrkit.report import Report
+from lrkit.report import Report, plural
 from lrkit.snapshot import TrainingSnapshot
 
 DEFAULT_RULES = ("lowest", "minimum", "steep", "valley", "slide", "auto")
@@ -40,9 +41,9 @@ class CompareConfig:
     rules: tuple[str, ...] = DEFAULT_RULES
     epochs: int = 2
     schedule: str = "one-cycle"  # "one-cycle" (fit_one_cycle at the rule's lr) or "constant"
-    num_it: int = 100  # steps of the range test
-    start_lr: float = 1e-7  # the range test's sweep
-    end_lr: float = 10.0
+    num_it: int = RANGE_TEST.num_it  # steps of the range test
+    start_lr: float = RANGE_TEST.start_lr  # the range test's sweep
+    end_lr: float = RANGE_TEST.end_lr
     metric: str = "error_rate"  # the column the table ranks the rules by (lower is better)
 
     def check(self) -> None:
@@ -298,6 +299,7 @@ def _train_at_rule(
         note = f"the range test's curve is too short for {rule}: raise num_it"
         return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=note)
     began = time.perf_counter()
+    learn.recorder.clear()  # every rule trains from the same start: its history is its own
     if config.schedule == "one-cycle":
         learn.fit_one_cycle(config.epochs, lr)
     else:
@@ -369,8 +371,8 @@ def write_comparison(
     config = comparison.config
     report = Report("Learning-rate rules compared")
     report.paragraph(
-        f"One range test ({len(comparison.range_test.lrs)} steps, stopped: "
-        f"{comparison.range_test.stop_reason}), then {config.epochs} epochs of "
+        f"One range test ({plural(len(comparison.range_test.lrs), 'step')}, "
+        f"{comparison.range_test.stop_description}), then {plural(config.epochs, 'epoch')} of "
         f"{config.schedule} training per rule, each from the same weights, optimizer state, "
         "random states and data order."
     )
@@ -380,7 +382,6 @@ def write_comparison(
     report.paragraph(comparison.winner()[1])
     report.figure(paths["lr_find_plot"], "The range test with every rule's suggestion marked")
     report.figure(paths["valid_loss_plot"], "Validation loss per epoch for each rule")
-    report.heading("Settings")
-    report.paragraph(json.dumps({"config": asdict(config), **(extra or {})}))
+    report.settings({"config": asdict(config), **(extra or {})})
     paths["report_md"], paths["report_html"] = report.write(folder)
     return paths

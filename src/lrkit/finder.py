@@ -12,70 +12,23 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import SequentialSampler
 
-from lrkit.batch import ForwardFn, default_forward, to_device
+from lrkit import distributed
+from lrkit.batch import ForwardFn
+from lrkit.config import RANGE_TEST, RangeTestConfig
 from lrkit.layer_groups import eval_mode
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
-from lrkit.step import backward_share, window_size
-
-
-@dataclass(frozen=True)
-class RangeTestConfig:
-    """The settings of one range test; saved with its result."""
-
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    num_it: int = 100
-    mode: str = "exp"  # "exp": geometric steps; "linear": equal steps
-    beta: float = 0.98  # smoothing of the loss (debiased exponential moving average)
-    div_thresh: float | None = 4.0  # stop once the smoothed loss rises (div_thresh - 1) x the
-    # curve's scale above its best; see `has_diverged` (None: never stop on divergence)
-    accum_steps: int = 1  # batches whose gradients are averaged in each optimizer step
-    val_batches: int = 4  # with a val_loader: how many of its batches make the fixed set
-    grad_clip: float | None = None  # max gradient norm, None for no clipping
-
-    def check(self) -> None:
-        """Refuse impossible settings before anything is touched."""
-        if not (self.start_lr > 0 and math.isfinite(self.end_lr)):
-            raise ValueError(
-                f"start_lr must be > 0 and end_lr finite, got start_lr={self.start_lr}, "
-                f"end_lr={self.end_lr}"
-            )
-        if self.start_lr >= self.end_lr:
-            raise ValueError(
-                f"start_lr ({self.start_lr:g}) must be below end_lr ({self.end_lr:g}): the range "
-                "test sweeps upwards"
-            )
-        if isinstance(self.num_it, bool) or not isinstance(self.num_it, int):
-            raise ValueError(f"num_it must be a whole number of steps, got {self.num_it!r}")
-        if self.num_it < 10:
-            raise ValueError(
-                f"num_it={self.num_it} is too few: the suggestion rules drop the first 10% and "
-                "the last 5 points; use num_it >= 10 (100 is typical)"
-            )
-        if self.mode not in ("exp", "linear"):
-            raise ValueError(f"mode must be 'exp' or 'linear', got {self.mode!r}")
-        if not 0 <= self.beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
-        if self.div_thresh is not None and self.div_thresh <= 1:
-            raise ValueError(
-                f"div_thresh must be > 1 (or None to never stop), got {self.div_thresh}"
-            )
-        if self.accum_steps < 1:
-            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        if self.val_batches < 1:
-            raise ValueError(f"val_batches must be >= 1, got {self.val_batches}")
+from lrkit.step import StepOptions, TrainStep, window_size
 
 
 def sweep_lr(step: int, config: RangeTestConfig) -> float:
@@ -147,26 +100,6 @@ def _loader_is_empty(loader: Iterable) -> bool:
         return False
 
 
-def _check_scalar_loss(loss: Any) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ValueError(
-            f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. reduction='mean')"
-        )
-    return loss.reshape(())
-
-
-def _mean_over_ranks(value: float, device: torch.device) -> float:
-    """Under torch.distributed, the loss averaged over all ranks, so that every rank stops at
-    the same step and records the same curve (and so agrees on the suggestion)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = torch.tensor([value], dtype=torch.float64, device=backend_device)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.item() / dist.get_world_size()
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -174,6 +107,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _progress_bar(show: bool | None) -> Progress | None:
+    if not distributed.is_main():
+        return None  # one bar per launch: rank 0's
     if show is None:
         show = sys.stderr.isatty()
     if not show:
@@ -190,56 +125,35 @@ def _progress_bar(show: bool | None) -> Progress | None:
 
 
 class _Stepper:
-    """One optimizer step on `accum_steps` batches; returns the mean unscaled loss."""
+    """One range-test step: `accum_steps` batches through the shared `TrainStep`; returns the
+    window's mean unscaled loss, averaged over ranks so every rank records the same curve."""
 
-    def __init__(self, model, optimizer, loss_fn, forward, device, autocast_dtype, config):
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.forward, self.device, self.config = forward, device, config
-        self.autocast = (
-            torch.autocast(device_type=device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
-        self.scaler = (
-            torch.amp.GradScaler(device.type)
-            if autocast_dtype == torch.float16 and device.type == "cuda"
-            else None
-        )
-        self.params = optimizer_params(optimizer)
-
-    def loss_of(self, batch: Any) -> torch.Tensor:
-        with self.autocast:
-            prediction, target = self.forward(self.model, to_device(batch, self.device))
-            return _check_scalar_loss(self.loss_fn(prediction, target))
+    def __init__(self, train_step: TrainStep, config: RangeTestConfig) -> None:
+        self.train_step, self.config = train_step, config
+        self.optimizer = train_step.optimizer
+        self.params = optimizer_params(self.optimizer)
+        self.stepped = True  # False once a step was refused for a non-finite gradient
 
     def step(self, batches: Iterator[Any]) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         window = window_size(0, None, self.config.accum_steps)  # cycled: every window is full
         for _ in range(window):
-            loss = self.loss_of(next(batches))
-            backward_share(loss, window, self.scaler)
+            loss = self.train_step.loss(next(batches))
+            self.train_step.backward(loss, window)
             total += loss.item()
-        loss_value = _mean_over_ranks(total / window, self.device)
+        loss_value = distributed.mean_over_ranks(total / window)
         if not math.isfinite(loss_value):
             return loss_value  # never step on a NaN: the caller stops here
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        norm = self.train_step.apply(self.params)
+        self.stepped = self.train_step.scaler is not None or math.isfinite(norm)
         return loss_value
 
     @torch.no_grad()
     def validation_loss(self, val_set: list[Any]) -> float:
-        with eval_mode(self.model):
-            loss = float(np.mean([self.loss_of(batch).item() for batch in val_set]))
-        return _mean_over_ranks(loss, self.device)  # every rank stops at the same step
+        with eval_mode(self.train_step.model):
+            loss = float(np.mean([self.train_step.loss(batch).item() for batch in val_set]))
+        return distributed.mean_over_ranks(loss)  # every rank stops at the same step
 
 
 def lr_find(
@@ -247,15 +161,15 @@ def lr_find(
     train_loader: Iterable,
     loss_fn: Callable[[Any, Any], torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_it: int = 100,
-    mode: str = "exp",
-    beta: float = 0.98,
-    div_thresh: float | None = 4.0,
+    start_lr: float = RANGE_TEST.start_lr,
+    end_lr: float = RANGE_TEST.end_lr,
+    num_it: int = RANGE_TEST.num_it,
+    mode: str = RANGE_TEST.mode,
+    beta: float = RANGE_TEST.beta,
+    div_thresh: float | None = RANGE_TEST.div_thresh,
     *,
     val_loader: Iterable | None = None,
-    val_batches: int = 4,
+    val_batches: int = RANGE_TEST.val_batches,
     accum_steps: int = 1,
     autocast_dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -314,9 +228,8 @@ def lr_find(
         raise ValueError("the optimizer holds no trainable parameters (all requires_grad=False)")
     device = torch.device(device) if device is not None else _model_device(model)
 
-    stepper = _Stepper(
-        model, optimizer, loss_fn, forward or default_forward, device, autocast_dtype, config
-    )
+    options = StepOptions(accum_steps, grad_clip, autocast_dtype)
+    stepper = _Stepper(TrainStep(model, optimizer, loss_fn, device, options, forward), config)
     loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
     saved = TrainingSnapshot.capture(model, optimizer, loaders, to_disk=snapshot == "disk")
     try:
@@ -393,6 +306,9 @@ def _sweep(
                 group_lrs.append([lr * ratio for ratio in ratios])
                 if bar is not None:
                     bar.update(task, advance=1, lr=lr, loss=smoothed)
+                if not stepper.stepped:  # the gradient was not finite: the next loss would not be
+                    stop_reason = "non-finite loss"
+                    break
                 if config.div_thresh is not None and has_diverged(
                     raw_losses, losses, config.div_thresh
                 ):

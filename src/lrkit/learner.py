@@ -3,97 +3,38 @@
 Layer groups come from a splitter and are checked; the optimizer holds one param group per
 layer group, so every learning-rate argument (float, slice, one value per group) maps onto
 groups through `schedule.group_lrs`. Freezing sets `requires_grad`, so frozen layers cost no
-gradient. The loop is plain: schedule -> forward -> loss -> backward -> (clip) -> step, with
-callbacks at a fixed list of hooks and a `stop` flag instead of exceptions.
+gradient. The verbs live here; the work is done elsewhere: the loop in `fit_loop.py` (each
+batch through the one `step.TrainStep`), Ctrl-C in `interrupt.py`, validation in
+`evaluation.py`, the range test in `finder.py`, schedules in `schedule.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
-import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from lrkit import checkpoint, export_file, finder
-from lrkit.batch import ForwardFn, default_forward, to_device
-from lrkit.callbacks import HOOKS, Callback, ProgressCallback, Recorder
+from lrkit import checkpoint, distributed, evaluation, export_file, finder
+from lrkit.batch import ForwardFn, channels_last_batch, default_forward
+from lrkit.callbacks import Callback, ProgressCallback, Recorder
+from lrkit.config import RANGE_TEST
 from lrkit.data import DataLoaders
-from lrkit.data.dataloaders import length_or_none
 from lrkit.data.preprocess import Preprocess
-from lrkit.layer_groups import (
-    Splitter,
-    bn_parameter_ids,
-    check_layer_groups,
-    eval_mode,
-    norm_layers_within,
-    one_group,
-)
-from lrkit.metrics import Metric, metric_name
+from lrkit.fit_loop import Schedule, TrainOptions, run_fit
+from lrkit.freezing import freeze_to, frozen_index
+from lrkit.layer_groups import Splitter, check_layer_groups, one_group
+from lrkit.metrics import Metric
+from lrkit.optimizers import OptFactory, make_optimizer, momentum_of, set_hypers
 from lrkit.prediction import Prediction, as_tensor, predict_tensor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
-from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom, progress
+from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom
 from lrkit.stages import Stage, fine_tune_plan, run_stages
-from lrkit.step import backward_share, window_size
+from lrkit.step import TrainStep, autocast_dtype
 from lrkit.summary import summarize
-
-# schedule(pct) -> (one lr per group, momentum or None to leave it alone)
-Schedule = Callable[[float], tuple[list[float], float | None]]
-OptFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
-
-
-@dataclass
-class TrainOptions:
-    """How each batch is trained; the defaults are plain fp32 steps."""
-
-    accum_steps: int = 1  # batches whose gradients add up before one optimizer step
-    grad_clip: float | None = None  # max global L2 norm of the gradients, None = no clipping
-    mixed_precision: str | None = None  # None, "bf16" (autocast, any device) or "fp16" (CUDA)
-    channels_last: bool = False  # model and 4-D inputs in NHWC memory format
-    compile: bool = False  # run the model through torch.compile for training and validation
-    train_bn: bool = True  # BatchNorm parameters stay trainable in frozen groups
-
-    def __post_init__(self) -> None:
-        if self.accum_steps < 1:
-            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.mixed_precision not in (None, "bf16", "fp16"):
-            raise ValueError(
-                f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}"
-            )
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _channels_last(batch: Any) -> Any:
-    """4-D floating tensors of a (nested) batch in channels_last memory format."""
-    if isinstance(batch, torch.Tensor):
-        if batch.ndim == 4 and batch.is_floating_point():
-            return batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, dict):
-        return {key: _channels_last(value) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(_channels_last(value) for value in batch)
-    return batch
-
-
-def _batch_size(target: Any) -> int:
-    """Items in a batch, from its target; 1 when the target has no length."""
-    if isinstance(target, torch.Tensor) and target.ndim > 0:
-        return target.shape[0]
-    return length_or_none(target) or 1
 
 
 class Learner:
@@ -119,7 +60,10 @@ class Learner:
         channels_last: bool = False,
         compile: bool = False,
         train_bn: bool = True,
+        sync_bn: bool = False,
     ) -> None:
+        """Under torchrun (an initialized process group) the model trains in DDP (`sync_bn`:
+        with SyncBatchNorm, CUDA only), each rank on its share of the data; see `distributed`."""
         if not isinstance(dls, DataLoaders):
             if isinstance(dls, tuple) and len(dls) == 2:
                 dls = DataLoaders(*dls)
@@ -131,8 +75,8 @@ class Learner:
         self.options = TrainOptions(
             accum_steps, grad_clip, mixed_precision, channels_last, compile, train_bn
         )
-        self.device = torch.device(device) if device is not None else _default_device()
-        if mixed_precision == "fp16" and self.device.type != "cuda":
+        self.device = distributed.local_device(device)
+        if self.options.mixed_precision == "fp16" and self.device.type != "cuda":
             raise ValueError(
                 f"mixed_precision='fp16' needs a CUDA device (got {self.device}); use 'bf16' on CPU"
             )
@@ -154,7 +98,8 @@ class Learner:
         if progress:
             self.cbs.append(ProgressCallback())
         self._train_model = torch.compile(self.model) if compile else self.model
-        self._scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
+        self._parallel = distributed.Parallel(sync_bn)  # DDP and data shares under torchrun
+        self._epochs_run = 0  # over all fits: a split loader's epoch, so each has its order
         # state a fit exposes to callbacks (see lrkit.callbacks)
         self.epoch, self.n_epoch, self.iter, self.n_iter = 0, 0, 0, None
         self.batch_loss: float = math.nan
@@ -167,28 +112,7 @@ class Learner:
 
     def _make_opt(self) -> torch.optim.Optimizer:
         """One optimizer param group per layer group, each starting at `self.lr`."""
-        groups = [{"params": params, "lr": self.lr} for params in self.layer_groups]
-        if callable(self.opt_spec):
-            opt = self.opt_spec(groups)
-            got = [[id(p) for p in group["params"]] for group in opt.param_groups]
-            if got != [[id(p) for p in params] for params in self.layer_groups]:
-                raise ValueError(
-                    f"the optimizer factory must keep the {self.n_groups} param groups it is "
-                    f"given (one per layer group), got {len(got)} groups of sizes "
-                    f"{[len(g) for g in got]}; build it as factory(groups) -> Optimizer(groups)"
-                )
-            return opt
-        name = self.opt_spec.lower()
-        if name == "adamw":  # fastai's Adam defaults: beta2 0.99, eps 1e-5, decoupled decay
-            return torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-5, weight_decay=self.wd)
-        if name == "adam":
-            return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-5, weight_decay=self.wd)
-        if name == "sgd":
-            return torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=self.wd)
-        raise ValueError(
-            f"unknown optimizer {self.opt_spec!r}: use 'adamw', 'adam', 'sgd' or a callable "
-            "taking the list of param groups"
-        )
+        return make_optimizer(self.opt_spec, self.layer_groups, self.lr, self.wd)
 
     @property
     def n_groups(self) -> int:
@@ -198,48 +122,18 @@ class Learner:
     @property
     def momentum(self) -> float | None:
         """The last param group's momentum (Adam's beta1, SGD's momentum), None if it has none."""
-        group = self.opt.param_groups[-1]
-        if "betas" in group:
-            return float(group["betas"][0])
-        return float(group["momentum"]) if "momentum" in group else None
+        return momentum_of(self.opt)
 
     def _set_hypers(self, lrs: list[float], mom: float | None) -> None:
-        for group, lr in zip(self.opt.param_groups, lrs, strict=True):
-            group["lr"] = lr
-            if mom is None:
-                continue
-            if "betas" in group:
-                group["betas"] = (mom, group["betas"][1])
-            elif group.get("momentum", 0) > 0:  # plain SGD (momentum 0) stays plain
-                group["momentum"] = mom
+        set_hypers(self.opt, lrs, mom)
 
     # ----------------------------------------------------------------- freezing
 
     def freeze_to(self, n: int) -> None:
         """Freeze layer groups [0, n) and train groups [n, n_groups); negative n counts back."""
-        index = n + self.n_groups if n < 0 else n
-        if self.n_groups == 1 and n != 0:
-            raise ValueError(
-                "this model has a single layer group, so freezing all but the last group would "
-                "freeze nothing; pass a splitter (e.g. lambda m: [m.body, m.head]) to split it"
-            )
-        if not 0 <= index < self.n_groups:
-            raise ValueError(
-                f"freeze_to({n}) is out of range for {self.n_groups} layer groups: use 0 to "
-                f"{self.n_groups - 1} (or -1 to -{self.n_groups - 1}) so one group still trains"
-            )
-        keep = bn_parameter_ids(self.model) if self.options.train_bn else set()
-        for group_index, params in enumerate(self.layer_groups):
-            for param in params:
-                param.requires_grad_(group_index >= index or id(param) in keep)
-        frozen = {id(p) for params in self.layer_groups[:index] for p in params}
-        previous = self._frozen_bn
-        self._frozen_bn = [] if self.options.train_bn else norm_layers_within(self.model, frozen)
-        for layer in previous:
-            if all(layer is not kept for kept in self._frozen_bn):
-                layer.train(self.model.training)  # unfrozen: back to the model's mode
-        for layer in self._frozen_bn:
-            layer.eval()
+        self._frozen_bn = freeze_to(
+            self.model, self.layer_groups, n, self.options.train_bn, self._frozen_bn
+        )
 
     def freeze(self) -> None:
         """Freeze all layer groups but the last (the head).
@@ -264,11 +158,7 @@ class Learner:
     @property
     def frozen_idx(self) -> int:
         """Index of the first trainable layer group (BatchNorm not counted when train_bn)."""
-        bn = bn_parameter_ids(self.model) if self.options.train_bn else set()
-        for index, params in enumerate(self.layer_groups):
-            if any(p.requires_grad for p in params if id(p) not in bn):
-                return index
-        return self.n_groups
+        return frozen_index(self.model, self.layer_groups, self.options.train_bn)
 
     def _train_mode(self, model: nn.Module) -> None:
         """`model.train()`, but the norm layers frozen with train_bn=False stay in eval."""
@@ -347,197 +237,43 @@ class Learner:
     # ----------------------------------------------------------------- the loop
 
     def _fit(self, n_epoch: int, schedule: Schedule, cbs: Sequence[Callback]) -> None:
-        if n_epoch < 0:
-            raise ValueError(f"n_epoch must be >= 0, got {n_epoch}")
-        self.n_iter = length_or_none(self.dls.train)
-        if self.n_iter == 0:
-            raise ValueError("the train loader yields no batches; check its dataset and batch size")
-        if self.n_iter is None:
-            raise ValueError(
-                "the train loader has no length, and the schedule needs the number of steps; "
-                "wrap it in something with __len__"
-            )
-        total = n_epoch * self.n_iter
-        callbacks = sorted([*self.cbs, *cbs], key=lambda cb: cb.order)
-        self.n_epoch, self.epoch, self.iter, step = n_epoch, 0, 0, 0
-        self.stop, self.stop_reason = False, None
-        self.interrupted, self.diverged = False, False
-        self._warned_no_valid = False
-        with self._stop_on_interrupt():
-            try:
-                self._run(callbacks, "before_fit")
-                for epoch in range(n_epoch):
-                    self.epoch = epoch
-                    start = time.perf_counter()
-                    self._train_mode(self.model)
-                    self._run(callbacks, "before_epoch")
-                    losses = self._train_epoch(callbacks, schedule, step, total)
-                    step += self.n_iter
-                    if self.stop and (self.interrupted or self.diverged or self._mid_epoch):
-                        break
-                    results = self.validate()
-                    self.epoch_log = {
-                        "epoch": epoch,
-                        "train_loss": sum(losses) / len(losses),
-                        **results,
-                        "time": time.perf_counter() - start,
-                    }
-                    self._run(callbacks, "after_epoch")
-                    if self.stop:
-                        break
-            finally:
-                self.opt.zero_grad(set_to_none=True)
-                self._run(callbacks, "after_fit")
+        run_fit(self, n_epoch, schedule, cbs)
 
-    def _train_epoch(
-        self, callbacks: list[Callback], schedule: Schedule, step: int, total: int
-    ) -> list[float]:
-        """One pass over the train loader; returns the batch losses."""
-        losses: list[float] = []
-        trainable = self._trainable()
-        if not trainable:
-            raise ValueError("no parameter requires a gradient; unfreeze a layer group first")
-        self._mid_epoch = False
-        pending = 0
-        # Buffers (BatchNorm running stats) as they were before the batch: a batch whose loss or
-        # gradient is not finite must not leave its statistics behind.
-        buffers = list(self.model.buffers())
-        saved = [b.detach().clone() for b in buffers]
-        for index, batch in enumerate(self.dls.train):
-            self.iter = index
-            lrs, mom = schedule(progress(step + index, total))
-            self._set_hypers(lrs, mom)
-            self._run(callbacks, "before_batch")
-            for copy, buffer in zip(saved, buffers, strict=True):
-                copy.copy_(buffer)
-            loss = self._forward_loss(batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                self._diverge(f"the loss is {value}", index, buffers, saved)
-                break
-            # each batch adds its share of the mean over the batches its window really holds
-            window = window_size(index, self.n_iter, self.options.accum_steps)
-            backward_share(loss, window, self._scaler)
-            pending += 1
-            if pending == window:
-                pending = 0
-                if not self._step(trainable, index):
-                    self._restore(buffers, saved)
-                    break
-            self.batch_loss = value
-            losses.append(value)
-            self._run(callbacks, "after_batch")
-            if self.stop:
-                self._mid_epoch = index + 1 < self.n_iter
-                break
-        else:
-            if pending and not self._step(trainable, self.iter):  # the epoch's leftover batches
-                return losses
-        return losses
+    def train_step(self) -> TrainStep:
+        """The one training step (`lrkit.step.TrainStep`) on this learner's model and options."""
+        prepare = channels_last_batch if self.options.channels_last else None
+        return TrainStep(
+            self._forward_model(), self.opt, self.loss_fn, self.device, self.options, self.forward,
+            prepare,
+        )  # fmt: skip
 
-    def _forward_loss(self, batch: Any) -> torch.Tensor:
-        batch = to_device(batch, self.device, non_blocking=True)
-        if self.options.channels_last:
-            batch = _channels_last(batch)
-        with self._autocast():
-            pred, target = self.forward(self._train_model, batch)
-            return self.loss_fn(pred, target)
+    def _range_test_data(self) -> tuple[nn.Module, Iterable]:
+        """The model and train loader a range test runs on: under torchrun DDP and a share."""
+        if not distributed.is_distributed():
+            return self.model, self.dls.train
+        return self._forward_model(), self._share(self.dls.train, train=True)
 
-    def _step(self, trainable: list[nn.Parameter], index: int) -> bool:
-        """Clip, check and apply the gradients; False (and stop) when they are not finite."""
-        if self._scaler is not None:
-            self._scaler.unscale_(self.opt)
-        grads = [p.grad for p in trainable if p.grad is not None]
-        if self.options.grad_clip is not None:
-            norm = nn.utils.clip_grad_norm_(trainable, self.options.grad_clip)
-        else:
-            norm = nn.utils.get_total_norm(grads)
-        if self._scaler is not None:  # fp16: the scaler skips overflowing steps by itself
-            self._scaler.step(self.opt)
-            self._scaler.update()
-        elif not math.isfinite(float(norm)):
-            self._diverge(f"the gradient norm is {float(norm)}", index)
-            return False
-        else:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return True
+    def _forward_model(self) -> nn.Module:
+        """The model training runs through: in DDP under torchrun, else `_train_model`."""
+        return self._parallel.model(self._train_model, self.device)
 
-    @staticmethod
-    def _restore(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for buffer, copy in zip(buffers, saved, strict=True):
-                buffer.copy_(copy)
-
-    def _diverge(
-        self,
-        what: str,
-        index: int,
-        buffers: list[torch.Tensor] | None = None,
-        saved: list[torch.Tensor] | None = None,
-    ) -> None:
-        if buffers is not None and saved is not None:
-            self._restore(buffers, saved)
-        self.opt.zero_grad(set_to_none=True)
-        self.stop, self.diverged = True, True
-        self.stop_reason = (
-            f"{what} at epoch {self.epoch}, batch {index} (both counted from 0); training "
-            "stopped before that step, so the model keeps the weights of the last finite step. "
-            "Try a lower learning rate (learn.lr_find()) or gradient clipping."
-        )
-        warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=4)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.options.mixed_precision
-        if precision is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _run(self, callbacks: list[Callback], hook: str) -> None:
-        assert hook in HOOKS
-        for cb in callbacks:
-            getattr(cb, hook)(self)
-
-    @contextlib.contextmanager
-    def _stop_on_interrupt(self) -> Iterator[None]:
-        """Ctrl-C sets the stop flag (the batch finishes); a second Ctrl-C raises at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is None:  # installed outside Python; fall back to the usual behaviour
-            previous = signal.default_int_handler
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.interrupted:
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
-            self.stop, self.interrupted = True, True
-            self.stop_reason = (
-                f"interrupted (Ctrl-C) at epoch {self.epoch}, batch {self.iter}; the model "
-                "keeps the weights after that batch and can be used, saved or trained further"
-            )
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    def _share(self, loader: Iterable, train: bool) -> Iterable:
+        """This process's share of `loader` under torchrun (see `distributed.split_loader`)."""
+        return self._parallel.loader(loader, train)
 
     # ----------------------------------------------------------------- range test
 
     def lr_find(
         self,
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_it: int = 100,
-        mode: str = "exp",
-        beta: float = 0.98,
-        div_thresh: float | None = 4.0,
+        start_lr: float = RANGE_TEST.start_lr,
+        end_lr: float = RANGE_TEST.end_lr,
+        num_it: int = RANGE_TEST.num_it,
+        mode: str = RANGE_TEST.mode,
+        beta: float = RANGE_TEST.beta,
+        div_thresh: float | None = RANGE_TEST.div_thresh,
         *,
         use_valid: bool = False,
-        val_batches: int = 4,
+        val_batches: int = RANGE_TEST.val_batches,
         snapshot: str = "memory",
         progress: bool | None = None,
     ) -> LRFindResult:
@@ -552,8 +288,7 @@ class Learner:
         get the result through their `after_lr_find` hook (loggers record the curve).
         """
         result = finder.lr_find(
-            self.model,
-            self.dls.train,
+            *self._range_test_data(),
             self.loss_fn,
             self.opt,
             start_lr,
@@ -573,22 +308,21 @@ class Learner:
     def lr_find_repeated(
         self,
         repeats: int = 3,
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_it: int = 100,
-        mode: str = "exp",
-        beta: float = 0.98,
-        div_thresh: float | None = 4.0,
+        start_lr: float = RANGE_TEST.start_lr,
+        end_lr: float = RANGE_TEST.end_lr,
+        num_it: int = RANGE_TEST.num_it,
+        mode: str = RANGE_TEST.mode,
+        beta: float = RANGE_TEST.beta,
+        div_thresh: float | None = RANGE_TEST.div_thresh,
         *,
         use_valid: bool = False,
-        val_batches: int = 4,
+        val_batches: int = RANGE_TEST.val_batches,
         snapshot: str = "memory",
         progress: bool | None = None,
     ) -> RepeatedLRFind:
         """`repeats` range tests on different data orders: each rule's median and spread."""
         return finder.lr_find_repeated(
-            self.model,
-            self.dls.train,
+            *self._range_test_data(),
             self.loss_fn,
             self.opt,
             repeats,
@@ -607,14 +341,11 @@ class Learner:
         """The range test's keyword arguments that follow this learner's own options."""
         if use_valid and self.dls.valid is None:
             raise ValueError("use_valid=True needs a validation loader: DataLoaders(train, valid)")
-        precision = self.options.mixed_precision
         return {
             "val_loader": self.dls.valid if use_valid else None,
             "val_batches": val_batches,
             "accum_steps": self.options.accum_steps,
-            "autocast_dtype": {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-                precision
-            ],
+            "autocast_dtype": autocast_dtype(self.options.mixed_precision),
             "device": self.device,
             "forward": self._finder_forward,
             "snapshot": snapshot,
@@ -628,8 +359,8 @@ class Learner:
     def _finder_forward(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
         """The learner's forward hook on its (possibly compiled) model, inputs as in training."""
         if self.options.channels_last:
-            batch = _channels_last(batch)
-        return self.forward(self._train_model, batch)
+            batch = channels_last_batch(batch)
+        return self.forward(self._forward_model(), batch)
 
     # ----------------------------------------------------------------- validation
 
@@ -639,72 +370,21 @@ class Learner:
         The loss is averaged over items (each batch's mean loss weighted by its size), and each
         metric is computed once on the predictions of the whole set.
         """
-        loader = self.dls.valid if loader is None else loader
-        names = ["valid_loss", *(metric_name(m) for m in self.metrics)]
-        empty = dict.fromkeys(names)
-        if loader is None or length_or_none(loader) == 0:
-            self._warn_no_valid()
-            return empty
-        total_loss, count, preds, targets = self._evaluate(loader, keep=bool(self.metrics))
-        if count == 0:
-            self._warn_no_valid()
-            return empty
-        results: dict[str, float | None] = {"valid_loss": total_loss / count}
-        if self.metrics:
-            all_preds, all_targets = torch.cat(preds), torch.cat(targets)
-            for metric in self.metrics:
-                results[metric_name(metric)] = float(metric(all_preds, all_targets))
-        return results
+        return evaluation.validate(self, loader)
 
     def get_preds(self, loader: Iterable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw model outputs and targets over the validation loader (or `loader`), on the CPU.
 
         For confusion matrices and error analysis; apply softmax/sigmoid for probabilities.
         """
-        loader = self.dls.valid if loader is None else loader
-        if loader is None:
-            raise ValueError("there is no validation loader; pass get_preds(loader)")
-        _, count, preds, targets = self._evaluate(loader, keep=True, cpu=True)
-        if count == 0:
-            raise ValueError("the loader yields no batches, so there is nothing to predict")
-        return torch.cat(preds), torch.cat(targets)
-
-    def _evaluate(
-        self, loader: Iterable, keep: bool, cpu: bool = False
-    ) -> tuple[float, int, list[torch.Tensor], list[torch.Tensor]]:
-        """Summed loss (per item), item count and, with `keep`, the outputs and targets."""
-        total_loss, count = 0.0, 0
-        preds: list[torch.Tensor] = []
-        targets: list[torch.Tensor] = []
-        with eval_mode(self.model), torch.no_grad(), self._autocast():
-            for batch in loader:
-                batch = to_device(batch, self.device, non_blocking=True)
-                if self.options.channels_last:
-                    batch = _channels_last(batch)
-                pred, target = self.forward(self._train_model, batch)
-                n = _batch_size(target)
-                total_loss += float(self.loss_fn(pred, target)) * n
-                count += n
-                if keep:
-                    preds.append(pred.float().cpu() if cpu else pred.float())
-                    targets.append(target.cpu() if cpu else target)
-        return total_loss, count, preds, targets
-
-    def _warn_no_valid(self) -> None:
-        if not self._warned_no_valid:
-            warnings.warn(
-                "no validation data: training without validation (valid_loss and metrics "
-                "are None); pass a valid loader to DataLoaders to measure them",
-                UserWarning,
-                stacklevel=4,
-            )
-            self._warned_no_valid = True
+        return evaluation.get_preds(self, loader)
 
     # ----------------------------------------------------------------- persistence
 
     def save(self, path: str | Path, with_opt: bool = True) -> Path:
         """Write the model weights (and optimizer state) to `path`, atomically."""
-        return checkpoint.save_state(self.model, self.opt if with_opt else None, path)
+        opt = self.opt if with_opt else None
+        return distributed.on_main(lambda: checkpoint.save_state(self.model, opt, path))
 
     def load(self, path: str | Path, with_opt: bool = True, strict: bool = True) -> None:
         """Read weights (and optimizer state, when saved) written by `save`."""
@@ -727,15 +407,17 @@ class Learner:
         """
         if preprocess is None:
             preprocess = self.dls.preprocess
-        return export_file.export(
-            self.model,
-            path,
-            vocab=self.dls.vocab,
-            multi_label=self.dls.multi_label,
-            factory=factory,
-            kwargs=kwargs,
-            preprocess=preprocess,
-            pickle_model=pickle_model,
+        return distributed.on_main(
+            lambda: export_file.export(
+                self.model,
+                path,
+                vocab=self.dls.vocab,
+                multi_label=self.dls.multi_label,
+                factory=factory,
+                kwargs=kwargs,
+                preprocess=preprocess,
+                pickle_model=pickle_model,
+            )
         )
 
     def predict(self, item: Any) -> Prediction:

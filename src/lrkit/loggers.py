@@ -268,7 +268,7 @@ class TensorBoardCallback(ExperimentLogger):
             _numbers({f"{prefix}/suggestion/{rule}": lr for rule, lr in suggestions.items()}), step
         )
         rows = "\n".join(f"| {rule} | {lr:.3g} |" for rule, lr in suggestions.items())
-        text = f"| rule | suggested lr |\n|---|---|\n{rows}\n\nstopped: {result.stop_reason}"
+        text = f"| rule | suggested lr |\n|---|---|\n{rows}\n\n{result.stop_description}"
         self.writer.add_text(f"{prefix}/suggestions", text, step)
         pixels = figure_pixels(result.plot())
         self.writer.add_image(f"{prefix}/plot", pixels, step, dataformats="HWC")

@@ -7,12 +7,23 @@ path, also writes it as PNG.
 
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from lrkit.history import FitRecord, batch_positions, fit_change, fit_starts
+
+# Suggestions closer than this (log10 lr, 0.1 = 26 %) share one marker and label: an 8-point
+# marker spans about 0.16 decades on the 7-inch plot of a 1e-7..10 sweep, so closer markers
+# would mostly hide each other.
+AGREE_DECADES = 0.1
+SMOOTH_BETA = 0.98  # the training loss's EMA in plot_losses, fastai's Recorder's beta
 
 
 def save_figure(fig: Figure, path: str | Path | None) -> Figure:
@@ -24,6 +35,33 @@ def save_figure(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
+def agreeing_rules(
+    suggestions: dict[str, float], decades: float = AGREE_DECADES
+) -> list[list[tuple[str, float]]]:
+    """The finite suggestions in clusters whose neighbours lie within `decades` of each other
+    (log10 lr), lowest lr first, each cluster in its rules' order of the dict."""
+    order = {name: index for index, name in enumerate(suggestions)}
+    found = sorted(
+        ((name, lr) for name, lr in suggestions.items() if np.isfinite(lr) and lr > 0),
+        key=lambda item: item[1],
+    )
+    clusters: list[list[tuple[str, float]]] = []
+    for name, lr in found:
+        if clusters and np.log10(lr / clusters[-1][-1][1]) <= decades:
+            clusters[-1].append((name, lr))
+        else:
+            clusters.append([(name, lr)])
+    return [sorted(cluster, key=lambda item: order[item[0]]) for cluster in clusters]
+
+
+def agreeing_label(cluster: list[tuple[str, float]]) -> str:
+    """ "minimum = steep: 1.20e-03" when the rules give the same lr to three digits,
+    "minimum ≈ steep: 1.20e-03, 1.23e-03" when they differ a little."""
+    shown = list(dict.fromkeys(f"{lr:.2e}" for _, lr in cluster))
+    sign = " = " if len(shown) == 1 else " ≈ "
+    return sign.join(name for name, _ in cluster) + ": " + ", ".join(shown)
+
+
 def lr_find_figure(
     lrs: np.ndarray,
     losses: np.ndarray,
@@ -31,8 +69,14 @@ def lr_find_figure(
     suggestions: dict[str, float],
     path: str | Path | None = None,
     ax: Axes | None = None,
+    warnings: Sequence[str] = (),
 ) -> Figure:
-    """The range test's loss curve on a log lr axis, each rule's suggestion marked on it."""
+    """The range test's loss curve on a log lr axis, each rule's suggestion marked on it.
+
+    Rules that agree (within `AGREE_DECADES`) share one marker and one label ("minimum =
+    steep: ..."), so no marker hides another. Each warning's first clause is written in the
+    figure, under the title, so a saved plot keeps it.
+    """
     if ax is None:
         fig = Figure(figsize=(7, 4.2))
         ax = fig.add_subplot()
@@ -42,9 +86,8 @@ def lr_find_figure(
     ax.plot(lrs, losses, color="C0", linewidth=1.8, label="smoothed loss")
     log_lrs = np.log(lrs)
     markers = "ovs^DP*X"
-    for index, (name, lr) in enumerate(suggestions.items()):
-        if not np.isfinite(lr):
-            continue
+    for index, cluster in enumerate(agreeing_rules(suggestions)):
+        lr = float(np.exp(np.mean([np.log(value) for _, value in cluster])))
         loss_there = np.interp(np.log(lr), log_lrs, losses)
         ax.plot(
             [lr],
@@ -53,7 +96,7 @@ def lr_find_figure(
             marker=markers[index % len(markers)],
             markersize=8,
             color=f"C{index + 1}",
-            label=f"{name}: {lr:.2e}",
+            label=agreeing_label(cluster),
         )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
@@ -68,6 +111,22 @@ def lr_find_figure(
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("learning-rate range test")
+    lines = [
+        textwrap.fill("warning: " + note.split(";")[0], 95, subsequent_indent="  ")
+        for note in warnings
+    ]
+    if lines:
+        ax.text(
+            0.01,
+            0.98,
+            "\n".join(lines),
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=8,
+            color="C3",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )
     return save_figure(fig, path)
 
 
@@ -99,24 +158,86 @@ def show_batch_figure(
     return save_figure(fig, path)
 
 
-def plot_losses(recorder, path: str | Path | None = None) -> Figure:
-    """Training loss per batch and validation loss at the end of each epoch (a Recorder's)."""
+def smooth(values: Sequence[float], beta: float = SMOOTH_BETA) -> np.ndarray:
+    """Debiased exponential moving average, as fastai's Recorder smooths the loss it plots:
+    avg_i = beta avg_(i-1) + (1 - beta) x_i, shown as avg_i / (1 - beta^(i+1)). Non-finite
+    values are skipped (the average carries over). Returns shape (len(values),)."""
+    out = np.empty(len(values))
+    average, count = 0.0, 0
+    for index, value in enumerate(values):
+        if math.isfinite(value):
+            average = beta * average + (1 - beta) * value
+            count += 1
+        out[index] = average / (1 - beta**count) if count else math.nan
+    return out
+
+
+def integer_epoch_axis(ax: Axes) -> None:
+    """Ticks on whole epochs only, labelled "epoch", the axis starting at epoch 0."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if ax.has_data():
+        ax.set_xlim(left=0)
+    ax.set_xlabel("epoch")
+
+
+def mark_fit_changes(axes: Sequence[Axes], stages: Sequence[FitRecord]) -> list[float]:
+    """A dashed vertical line, labelled with what changed ("unfreeze", ...), where each stage
+    after the first begins; returns those epochs."""
+    starts = fit_starts(stages)
+    for index in range(1, len(stages)):
+        change = fit_change(stages[index - 1], stages[index])
+        for ax in axes:
+            ax.axvline(starts[index], color="0.35", linestyle="--", linewidth=1, label=change)
+            ax.text(
+                starts[index],
+                0.98,
+                f" {change}",
+                transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
+                ha="left",
+                va="top",
+                fontsize=8,
+                color="0.35",
+            )
+    return starts[1:]
+
+
+def plot_losses(stages: Sequence[FitRecord], path: str | Path | None = None) -> Figure:
+    """Training loss per batch, smoothed as fastai's plot_loss draws it (debiased EMA, beta
+    `SMOOTH_BETA`, restarted at each fit) with the raw losses faint behind, and the validation
+    loss at the end of each epoch; x is the epoch, every fit after the one before it, each
+    change between fits (e.g. "unfreeze") a dashed vertical line. Fits without a batch (0
+    epochs, or stopped before the first) are left out."""
+    stages = [stage for stage in stages if stage.losses]
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
-    ax.plot(
-        np.arange(len(recorder.losses)),
-        recorder.losses,
-        color="C0",
-        linewidth=1.0,
-        label="train (per batch)",
-    )
-    ends = np.cumsum(recorder.iters_per_epoch) - 1
-    valid = [row.get("valid_loss") for row in recorder.log]
-    points = [(x, y) for x, y in zip(ends, valid, strict=True) if y is not None]
-    if points:
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, color="C1", marker="o", linewidth=1.5, label="valid (per epoch)")
-    ax.set_xlabel("batch")
+    valid_xs, valid_ys = [], []
+    for index, (stage, start) in enumerate(zip(stages, fit_starts(stages), strict=True)):
+        xs = batch_positions(stage, start)
+        first = index == 0
+        ax.plot(
+            xs,
+            stage.losses,
+            color="C0",
+            alpha=0.25,
+            linewidth=0.8,
+            label="train, per batch" if first else None,
+        )
+        ax.plot(
+            xs,
+            smooth(stage.losses),
+            color="C0",
+            linewidth=1.6,
+            label=f"train, smoothed (EMA {SMOOTH_BETA})" if first else None,
+        )
+        for epoch, row in enumerate(stage.log):
+            value = row.get("valid_loss")
+            if value is not None and math.isfinite(value):
+                valid_xs.append(start + epoch + 1)
+                valid_ys.append(value)
+    if valid_xs:
+        ax.plot(valid_xs, valid_ys, color="C1", marker="o", linewidth=1.5, label="valid, per epoch")
+    mark_fit_changes([ax], stages)
+    integer_epoch_axis(ax)
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8, loc="best")
@@ -124,24 +245,40 @@ def plot_losses(recorder, path: str | Path | None = None) -> Figure:
     return save_figure(fig, path)
 
 
-def plot_schedule(recorder, path: str | Path | None = None) -> Figure:
-    """Learning rate of every layer group (log scale) and the momentum, per batch."""
+def plot_schedule(stages: Sequence[FitRecord], path: str | Path | None = None) -> Figure:
+    """Learning rate of every layer group (log scale) and the momentum against the epoch,
+    every fit after the one before it, each change between fits a dashed vertical line; fits
+    without a batch are left out."""
+    stages = [stage for stage in stages if stage.lrs]
     fig = Figure(figsize=(9, 3.6))
     ax_lr, ax_mom = fig.subplots(1, 2)
-    lrs = np.asarray(recorder.lrs, dtype=float).reshape(len(recorder.lrs), -1)  # (batch, group)
-    for group in range(lrs.shape[1]):
-        ax_lr.plot(lrs[:, group], linewidth=1.5, label=f"group {group}")
-    if len(lrs) and (lrs > 0).all():
+    starts = fit_starts(stages)
+    xs = np.concatenate(
+        [batch_positions(s, at) for s, at in zip(stages, starts, strict=True)] or [np.zeros(0)]
+    )
+    n_groups = max((len(row) for stage in stages for row in stage.lrs), default=0)
+    # (batch, group); a fit with fewer param groups leaves the others blank
+    lrs = np.full((len(xs), n_groups), np.nan)
+    moms = np.full(len(xs), np.nan)
+    row_at = 0
+    for stage in stages:
+        for row, mom in zip(stage.lrs, stage.moms, strict=True):
+            lrs[row_at, : len(row)] = row
+            moms[row_at] = np.nan if mom is None else mom
+            row_at += 1
+    for group in range(n_groups):
+        ax_lr.plot(xs, lrs[:, group], linewidth=1.5, label=f"group {group}")
+    finite = lrs[np.isfinite(lrs)]
+    if len(finite) and (finite > 0).all():
         ax_lr.set_yscale("log")
-    ax_lr.set_xlabel("batch")
+    ax_mom.plot(xs, moms, color="C3", linewidth=1.5)
+    mark_fit_changes([ax_lr, ax_mom], stages)
+    for ax in (ax_lr, ax_mom):
+        integer_epoch_axis(ax)
+        ax.grid(True, which="both", alpha=0.25)
     ax_lr.set_ylabel("learning rate")
-    ax_lr.grid(True, which="both", alpha=0.25)
     ax_lr.legend(fontsize=8, loc="best")
-    moms = [np.nan if m is None else m for m in recorder.moms]
-    ax_mom.plot(moms, color="C3", linewidth=1.5)
-    ax_mom.set_xlabel("batch")
     ax_mom.set_ylabel("momentum (beta1)")
-    ax_mom.grid(True, alpha=0.25)
     fig.suptitle("schedule")
     return save_figure(fig, path)
 
@@ -152,8 +289,9 @@ def lr_find_repeats_figure(
     path: str | Path | None = None,
     ax: Axes | None = None,
 ) -> Figure:
-    """Several range-test curves over each other; per rule (lowest, median, highest)
-    suggestion drawn as a bar with the median marked."""
+    """Several range-test curves over each other; below them one row per rule, its (lowest,
+    median, highest) suggestion over the runs drawn as a bar with the median marked. The y
+    axis's ticks are losses beside the curves and rule names beside the rows."""
     if ax is None:
         fig = Figure(figsize=(7, 4.2))
         ax = fig.add_subplot()
@@ -163,16 +301,23 @@ def lr_find_repeats_figure(
         ax.plot(lrs, losses, color="C0", alpha=0.45, linewidth=1.2, label=None if index else "runs")
     all_losses = np.concatenate([losses for _, losses in curves])
     low, high = np.nanmin(all_losses), np.nanpercentile(all_losses, 90)
+    loss_ticks = [t for t in MaxNLocator(5).tick_values(low, high * 1.1) if low <= t <= high * 1.1]
+    rows: list[tuple[float, str]] = []
     for index, (name, (lowest, median, highest)) in enumerate(ranges.items()):
+        level = low - (index + 1) * 0.06 * (high - low)  # one row per rule below the curves
+        rows.append((level, name))
         if not np.isfinite(median):
             continue
-        level = low - (index + 1) * 0.06 * (high - low)  # one row per rule below the curves
         color = f"C{index + 1}"
         ax.plot([lowest, highest], [level, level], color=color, linewidth=3)
         ax.plot([median], [level], marker="o", color=color, label=f"{name}: {median:.2e}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("smoothed loss")
+    ax.set_yticks(
+        [*loss_ticks, *(level for level, _ in rows)],
+        labels=[*(f"{t:.3g}" for t in loss_ticks), *(name for _, name in rows)],
+    )
+    ax.set_ylabel("smoothed loss of each run (above);\neach rule's suggestions, low-high (below)")
     ax.set_ylim(low - (len(ranges) + 1) * 0.06 * (high - low), high * 1.1)
     ax.grid(True, which="major", alpha=0.25)
     ax.legend(fontsize=8, loc="best")
@@ -194,7 +339,7 @@ def valid_loss_per_rule_figure(
         style = "--" if rule in diverged else "-"
         label = f"{rule} (diverged)" if rule in diverged else rule
         ax.plot(epochs, values, style, marker="o", color=f"C{index + 1}", label=label)
-    ax.set_xlabel("epoch")
+    integer_epoch_axis(ax)
     ax.set_ylabel("validation loss")
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8, loc="best")

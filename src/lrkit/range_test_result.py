@@ -26,6 +26,27 @@ NOISE_TO_DROP = 1.0
 STILL_FALLING = 0.5
 
 
+def describe_stop(stop_reason: str, div_thresh: float | None, end_lr: float) -> str:
+    """A range test's `stop_reason` code in plain words. "diverged" is the planned end of a
+    sweep, worded as `lrkit.finder.has_diverged` decides it (the smoothed loss more than
+    (div_thresh - 1) x the curve's fall, or its noise if larger, above its best): a stop, not a
+    failure."""
+    if stop_reason == "diverged":
+        if div_thresh is None:
+            return "stopped as planned: the loss rose well above its minimum"
+        return (
+            f"stopped as planned: the loss rose {div_thresh - 1:g}× its fall above its minimum "
+            f"(div_thresh={div_thresh:g})"
+        )
+    if stop_reason == "completed":
+        return f"completed: every step up to end_lr={end_lr:g}"
+    if stop_reason == "non-finite loss":
+        return "stopped: the loss became NaN or infinite"
+    if stop_reason == "interrupted":
+        return "interrupted (Ctrl-C): the curve so far"
+    return f"stopped: {stop_reason}"
+
+
 def finite_or_none(value: float) -> float | None:
     """A number for JSON: NaN and infinities become null."""
     return value if math.isfinite(value) else None
@@ -187,9 +208,19 @@ class LRFindResult:
         return notes
 
     # -- output ---------------------------------------------------------------------------
+    @property
+    def stop_description(self) -> str:
+        """How the range test ended, in words for a person (`stop_reason` is the short code):
+        "diverged", the normal end, reads "stopped as planned: the loss rose 3× its fall above
+        its minimum (div_thresh=4)"."""
+        return describe_stop(self.stop_reason, self.config.get("div_thresh"), self.end_lr)
+
     def plot(self, path: str | Path | None = None, ax: Axes | None = None) -> Figure:
-        """Loss against lr on a log axis, with every rule's suggestion marked and labelled."""
-        return lr_find_figure(self.lrs, self.losses, self.raw_losses, self.suggestions, path, ax)
+        """Loss against lr on a log axis, with every rule's suggestion marked and labelled
+        (rules that agree share a marker) and the warnings written in the figure."""
+        return lr_find_figure(
+            self.lrs, self.losses, self.raw_losses, self.suggestions, path, ax, self.warnings
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers, ready for JSON (NaN suggestions become null)."""
@@ -203,6 +234,7 @@ class LRFindResult:
             "end_lr": self.end_lr,
             "mode": self.mode,
             "stop_reason": self.stop_reason,
+            "stop_description": self.stop_description,
             "suggestions": {k: finite_or_none(v) for k, v in self.suggestions.items()},
             "warnings": self.warnings,
             "config": self.config,
@@ -244,7 +276,7 @@ class LRFindResult:
     def __repr__(self) -> str:
         lines = [
             f"LRFindResult: {len(self.lrs)} of {self.num_it} steps, {self.mode} "
-            f"{self.start_lr:g} -> {self.end_lr:g}, stopped: {self.stop_reason}",
+            f"{self.start_lr:g} -> {self.end_lr:g}; {self.stop_description}",
             f"  {'rule':<9}lr",
         ]
         for name, value in self.suggestions.items():

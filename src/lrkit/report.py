@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import html
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -27,6 +30,12 @@ class Report:
     def table(self, rows: list[list[str]]) -> None:
         """A table whose first row is the header."""
         self.blocks.append(("table", rows))
+
+    def settings(self, values: Mapping[str, Any], title: str = "Settings") -> None:
+        """A heading and a two-column table (setting, value) of `values`; nested mappings
+        become dotted names ("config.epochs"), see `settings_rows`."""
+        self.heading(title)
+        self.table([["setting", "value"], *settings_rows(values)])
 
     def figure(self, path: str | Path, caption: str) -> None:
         """A PNG already written to disk (in or below the report's folder)."""
@@ -93,6 +102,38 @@ class Report:
                 )
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """ "1 epoch", "2 epochs", "0 epochs"; `many` for nouns that do not just take an s
+    ("1 batch", plural(3, "batch", "batches") -> "3 batches")."""
+    return f"{count} {noun if count == 1 else many or noun + 's'}"
+
+
+def settings_rows(values: Mapping[str, Any], prefix: str = "") -> list[list[str]]:
+    """[name, value] rows of a (nested) mapping, in its order: nested mappings flattened to
+    dotted names, lists joined by commas, floats in %g, None as "-"."""
+    rows: list[list[str]] = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows += settings_rows(value, f"{name}.")
+        else:
+            rows.append([name, setting_text(value)])
+    return rows
+
+
+def setting_text(value: Any) -> str:
+    """One setting as a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(setting_text(item) for item in value) or "-"
+    if isinstance(value, Mapping):
+        return "-"  # an empty mapping
+    return str(value)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lrkit import suggest
+from lrkit.config import DATA, RANGE_TEST
 
 DATASETS = ("fashion-mnist", "pets")
 
@@ -137,7 +138,9 @@ def add_command(
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("lrkit-out"), help="output folder")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--seed", type=SEED, default=0, help="seed for weights and data order")
+    parser.add_argument(
+        "--seed", type=SEED, default=DATA.seed, help="seed for weights and data order"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
 
 
@@ -149,8 +152,8 @@ def add_data(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--labels", help="CSV: file name, label(s)")
     group.add_argument("--multi-label", action="store_true", help="space-separated labels")
     group.add_argument("--valid-pct", type=FRACTION, help="random validation share")
-    group.add_argument("--presize", type=PIXELS, default=460, help="short side, pixels")
-    group.add_argument("--size", type=PIXELS, default=224, help="training size, pixels")
+    group.add_argument("--presize", type=PIXELS, default=DATA.presize, help="short side, pixels")
+    group.add_argument("--size", type=PIXELS, default=DATA.size, help="training size, pixels")
     group.add_argument("--bs", type=BATCH, help="batch size")
     group.add_argument("--workers", type=WORKERS, help="loader worker processes")
     group.add_argument("--train-subset", type=SUBSET, help="Fashion-MNIST: train items")
@@ -183,9 +186,9 @@ def add_logging(parser: argparse.ArgumentParser) -> None:
 
 def add_range_test(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("range test")
-    group.add_argument("--num-it", type=STEPS, default=100, help="optimizer steps")
-    group.add_argument("--start-lr", type=LEARNING_RATE, default=1e-7)
-    group.add_argument("--end-lr", type=LEARNING_RATE, default=10.0)
+    group.add_argument("--num-it", type=STEPS, default=RANGE_TEST.num_it, help="optimizer steps")
+    group.add_argument("--start-lr", type=LEARNING_RATE, default=RANGE_TEST.start_lr)
+    group.add_argument("--end-lr", type=LEARNING_RATE, default=RANGE_TEST.end_lr)
 
 
 # ------------------------------------------------------------------------------ library errors

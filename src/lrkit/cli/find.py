@@ -35,6 +35,7 @@ from lrkit.cli.setup import (
     resolved_config,
     setup,
 )
+from lrkit.config import RANGE_TEST
 from lrkit.finder import RangeTestInterrupted
 from lrkit.range_test_result import finite_or_none, json_ready
 from lrkit.report import rich_table
@@ -52,11 +53,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     add_model(find)
     add_range_test(find)
     add_logging(find)
-    find.add_argument("--mode", choices=("exp", "linear"), default="exp")
+    find.add_argument("--mode", choices=("exp", "linear"), default=RANGE_TEST.mode)
     find.add_argument(
         "--div-thresh",
         type=DIV_THRESH,
-        default=4.0,
+        default=RANGE_TEST.div_thresh,
         help="stop when the loss rises (x - 1) times its fall (or its noise) above the best",
     )
     find.add_argument("--val", action="store_true", help="measure the loss on validation batches")

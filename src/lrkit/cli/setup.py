@@ -21,6 +21,7 @@ from lrkit.cli.args import (
     UsageError,
 )
 from lrkit.cli.output import class_counts, class_lines, left_out_lines
+from lrkit.config import DATA
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.metrics import accuracy_multi, error_rate
@@ -44,14 +45,14 @@ class DataOptions:
     label_re: str | None = None
     labels: str | None = None  # CSV of file name, label(s)
     multi_label: bool = False
-    valid_pct: float | None = None  # None: the dataset's own split or 0.2
-    presize: int = 460
-    size: int = 224
-    bs: int | None = None  # None: 128 for Fashion-MNIST, 32 for images
+    valid_pct: float | None = None  # None: the dataset's own split or DATA.valid_pct
+    presize: int = DATA.presize
+    size: int = DATA.size
+    bs: int | None = None  # None: 128 for Fashion-MNIST, DATA.bs for images
     workers: int | None = None
     train_subset: int | None = None  # Fashion-MNIST only: class-balanced subsets
     valid_subset: int | None = None
-    seed: int = 0
+    seed: int = DATA.seed
 
 
 def load_data(options: DataOptions) -> DataLoaders:
@@ -68,7 +69,7 @@ def load_data(options: DataOptions) -> DataLoaders:
     images = {
         "presize": options.presize,
         "size": options.size,
-        "bs": options.bs or 32,
+        "bs": options.bs or DATA.bs,
         "num_workers": options.workers,
         "seed": options.seed,
     }
@@ -82,7 +83,7 @@ def load_data(options: DataOptions) -> DataLoaders:
         raise UsageError("give --dataset fashion-mnist|pets, or --data DIR with your images")
     if not Path(options.data).is_dir():
         raise UsageError(f"--data {options.data} is not a folder")
-    valid_pct = options.valid_pct if options.valid_pct is not None else 0.2
+    valid_pct = options.valid_pct if options.valid_pct is not None else DATA.valid_pct
     if options.labels is not None:
         return csv_dataloaders(
             options.data,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lrkit.config import DATA
 from lrkit.data.dataloaders import DataLoaders, drops_last_train_batch
 from lrkit.data.idx import read_idx
 from lrkit.data.preprocess import Preprocess
@@ -159,7 +160,7 @@ def array_dataloaders(
     bs: int = 128,
     channels: int = 1,
     size: int = 28,
-    seed: int = 0,
+    seed: int = DATA.seed,
     num_workers: int = 0,
 ) -> DataLoaders:
     """DataLoaders over in-memory (uint8 images (N, H, W), labels (N,)) pairs: train shuffled
@@ -196,7 +197,7 @@ def fashion_mnist(
     size: int = 28,
     train_subset: int | None = None,
     valid_subset: int | None = None,
-    seed: int = 0,
+    seed: int = DATA.seed,
     num_workers: int = 0,
 ) -> DataLoaders:
     """Fashion-MNIST as DataLoaders: shuffled, seeded train (60k) and the 10k test set as valid."""

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lrkit.config import DATA
+
 
 @dataclass(frozen=True)
 class PresizeConfig:
     """How items are presized: square side in pixels, and the widest aspect kept."""
 
-    presize: int = 460
+    presize: int = DATA.presize
     max_aspect: float = 4 / 3
 
 

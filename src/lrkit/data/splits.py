@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lrkit.config import DATA
 
-def random_split(n: int, valid_pct: float = 0.2, seed: int = 0) -> np.ndarray:
+
+def random_split(n: int, valid_pct: float = DATA.valid_pct, seed: int = DATA.seed) -> np.ndarray:
     """Mask with round(valid_pct * n) validation items, chosen by a seeded permutation."""
     if not 0 <= valid_pct < 1:
         raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}")

@@ -7,6 +7,9 @@ key-by-key against the model's state_dict, and an error names the file and the f
 mismatches. Two deliberate exceptions to "strict": a classifier whose shape differs from the
 file's (another number of classes) keeps its fresh weights, and a first convolution with
 another number of input channels gets the file's filters adapted (`adapt_input_conv`).
+
+`.safetensors` files are read by the `safetensors` package: measured at 4.2x the speed of
+lrkit's former own reader with half its memory (issue 14).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from lrkit.models.efficientnet import (
@@ -23,7 +28,6 @@ from lrkit.models.efficientnet import (
     is_efficientnet_pytorch,
     stage_depths,
 )
-from lrkit.models.safetensors_file import read_safetensors
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 # Containers that hold the state_dict one level down: ours, training scripts', timm's.
@@ -51,6 +55,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "a .safetensors file, or a file written by Learner.save/export"
         ) from err
     return _unwrap(obj, path)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file by name, on the CPU. The format is a JSON header
+    and raw bytes, so nothing in the file runs; the package checks that the header is JSON,
+    that every dtype is known and that each tensor's byte range lies inside the file, without
+    gaps or overlaps. Raises ValueError naming the file when any check fails."""
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a safetensors file, or it is cut or corrupt ({err}); download it "
+            "again or pass a torchvision/timm .pth"
+        ) from err
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
