@@ -3,6 +3,7 @@ threshold), what `lrkit predict` prints for a multi-label model, `--log`, and th
 config in every JSON result."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -182,3 +183,32 @@ def test_fine_tune_writes_the_interpretation_and_the_resolved_config(fashion, tm
     assert len(record["interpretation"]["confusion_matrix"]) == 10
     assert record["config"]["arch"] == "resnet_small" and record["config"]["pretrained"] == "none"
     assert record["config"]["lr_mult"] == 100.0 and record["config"]["log"] == "csv"
+
+
+def test_range_tests_say_they_are_running_in_a_log(fashion, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lrkit.cli.output.HEARTBEAT_S", 0.01)  # a line every 10 ms, not 5 s
+    from lrkit.models.resnet import resnet_small
+
+    weights = tmp_path / "body.pth"  # a "pretrained" body: a frozen stage, then an unfrozen one
+    torch.manual_seed(0)
+    torch.save(resnet_small(num_classes=10).state_dict(), weights)
+    argv = ["fine-tune", *fashion, "--pretrained", str(weights), "--freeze-epochs", "1",
+            "--epochs", "1", "--num-it", "15", "--lr", "minimum"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()  # capsys is not a terminal: a log
+    for stage in ("frozen", "unfrozen"):
+        what = f"range test before the {stage} stage"
+        start = lines.index(f"{what}: up to 15 steps, lr 1e-07 to 1e+01 ...")
+        end = next(i for i, line in enumerate(lines) if re.match(rf"{what}: \d+ steps \(", line))
+        running = [i for i, line in enumerate(lines) if line.startswith(f"{what}: running, ")]
+        assert running and all(start < i < end for i in running), lines
+
+
+def test_compare_says_its_range_test_is_running_in_a_log(fashion, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lrkit.cli.output.HEARTBEAT_S", 0.01)
+    argv = ["compare", *fashion, "--rules", "minimum", "--epochs", "1", "--num-it", "15"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    running = [i for i, line in enumerate(lines) if line.startswith("range test: running, ")]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert running and max(running) < first_epoch  # it stops when the range test ends

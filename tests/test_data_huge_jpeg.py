@@ -94,7 +94,7 @@ def test_predict_on_huge_files_predicts_or_says_one_line(
     ok = huge_jpeg(tmp_path / "huge.jpg")
     refused = huge_jpeg(tmp_path / "huge_progressive.jpg", progressive=True)
     assert main(["predict", str(model_file), str(ok)]) == 0
-    assert f"{ok}: " in capsys.readouterr().out
+    assert f"{ok}\t" in capsys.readouterr().out  # FILE<TAB>label (probability)
     assert main(["predict", str(model_file), str(refused)]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from lrkit import suggest
+from lrkit.callbacks import Callback
 from lrkit.cli.args import (
     EPOCHS,
     EXIT_INTERRUPTED,
@@ -22,6 +23,7 @@ from lrkit.cli.args import (
 from lrkit.cli.args import (
     add_command as add_command_to,
 )
+from lrkit.cli.output import Heartbeat
 from lrkit.cli.results import (
     data_summary,
     plot_partial_curve,
@@ -71,6 +73,17 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=run_demo_command)
 
 
+class EndOfRangeTest(Callback):
+    """Stops a heartbeat when the learner's range test returns (compare then trains, and the
+    epoch lines take over)."""
+
+    def __init__(self, beat: Heartbeat) -> None:
+        self.beat = beat
+
+    def after_lr_find(self, learn: Any, result: Any) -> None:
+        self.beat.stop()
+
+
 def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """`lrkit compare`: one range test, one training run per rule; table, plots, report."""
     rules = tuple(rule.strip() for rule in args.rules.split(",") if rule.strip())
@@ -90,7 +103,10 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         args.out, ["lr_find.png", "valid_loss.png", "comparison.json", "report.md", "report.html"]
     )
     options, dls, learn = setup(args, console)
+    beat = Heartbeat(console, "range test")  # in a log: a line every few seconds until it ends
+    learn.cbs.append(EndOfRangeTest(beat))
     try:
+        beat.start()
         comparison = compare_rules(learn, config)
     except UnusableCurveError as error:
         raise UsageError(
@@ -119,6 +135,8 @@ def run_compare(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             record,
             EXIT_INTERRUPTED,
         ) from None
+    finally:
+        beat.stop()
     extra = {
         "config": resolved_config(args),
         "data": data_summary(options, dls),

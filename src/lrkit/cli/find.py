@@ -25,6 +25,7 @@ from lrkit.cli.args import (
 from lrkit.cli.args import (
     add_command as add_command_to,
 )
+from lrkit.cli.output import Heartbeat
 from lrkit.cli.results import (
     data_summary,
     plot_partial_curve,
@@ -90,10 +91,11 @@ def run_find(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "progress": console.is_terminal,
     }
     try:
-        if args.repeats > 1:
-            found = learn.lr_find_repeated(repeats=args.repeats, **settings)
-        else:
-            found = learn.lr_find(**settings)
+        with Heartbeat(console, "range test"):  # in a log: a line every few seconds
+            if args.repeats > 1:
+                found = learn.lr_find_repeated(repeats=args.repeats, **settings)
+            else:
+                found = learn.lr_find(**settings)
     except RangeTestInterrupted as stop:  # keep the curve so far, marked
         found = stop.partial
         record = {**found.to_dict(), "interrupted": True}

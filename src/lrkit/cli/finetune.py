@@ -36,7 +36,7 @@ from lrkit.cli.args import (
     add_command as add_command_to,
 )
 from lrkit.cli.interpretation import OUTPUTS as INTERPRETATION_OUTPUTS
-from lrkit.cli.output import describe_lr, plural
+from lrkit.cli.output import Heartbeat, describe_lr, plural
 from lrkit.cli.results import (
     data_summary,
     finish_training,
@@ -102,6 +102,8 @@ def train_in_stages(
         else:
             learn.fit(stage.epochs, lr, cbs=[logger])
 
+    beats: list[Heartbeat] = []  # the running range test's, in a log
+
     def announce(stage: Stage) -> None:  # in a log, where no progress bar is drawn
         if isinstance(stage.lr, str) and not console.is_terminal:
             console.print(
@@ -109,8 +111,14 @@ def train_in_stages(
                 f"{args.start_lr:.0e} to {args.end_lr:.0e} ...",
                 markup=False,
             )
+            beats.append(Heartbeat(console, f"range test before the {stage.name} stage").start())
+
+    def quiet() -> None:
+        while beats:
+            beats.pop().stop()
 
     def on_range_test(stage: Stage, found: LRFindResult) -> None:
+        quiet()
         console.print(
             f"range test before the {stage.name} stage: {len(found.lrs)} steps "
             f"({found.stop_reason})",
@@ -140,6 +148,8 @@ def train_in_stages(
             console.print(
                 f"{result.name} stage: {plural(result.epochs, 'epoch')} at {describe_lr(result.lr)}"
             )
+            if len(done) < len(plan):  # the next stage's range test starts now
+                announce(plan[len(done)])
     except RangeTestInterrupted as stop:  # the curve so far is plotted, if it has points
         stage, steps = plan[len(done)], len(stop.partial.lrs)
         plot_partial_curve(stop.partial, args.out / f"lr_find_{range_test_name(stage)}.png")
@@ -155,6 +165,8 @@ def train_in_stages(
             f"rate ({error.why}): pass a learning rate as --lr NUMBER, or raise --num-it, widen "
             "--start-lr/--end-lr, or use more data"
         )
+    finally:
+        quiet()
     if learn.interrupted and done:  # the fit ended cleanly at the first Ctrl-C
         interrupted = f"in the {done[-1].name} stage at epoch {learn.epoch}, batch {learn.iter}"
     return done, interrupted, stopped

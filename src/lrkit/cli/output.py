@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -23,6 +25,7 @@ from lrkit.schedule import LrSpec
 LOG_WIDTH = 200  # columns a table may take in a pipe or a log file (text is never wrapped)
 SHOWN_CLASSES = 10  # class names listed after loading; the rest are counted
 MIN_CLASS_ITEMS = 2  # a class with fewer items cannot be both trained on and validated
+HEARTBEAT_S = 5.0  # seconds between "still running" lines of a long step in a log
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -38,6 +41,40 @@ def machine_line(text: str) -> None:
     """One line for programs to read (a prediction, JSON) on stdout, never wrapped."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+class Heartbeat:
+    """Where no progress bar is drawn (a pipe, a log), a line every HEARTBEAT_S seconds while a
+    long step runs: `with Heartbeat(console, "range test before the frozen stage"): ...`.
+    In a terminal it does nothing (the step draws its own bar). `stop()` may come early."""
+
+    def __init__(self, console: Console, what: str) -> None:
+        self.console, self.what = console, what
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Heartbeat:
+        if not self.console.is_terminal and self._thread is None:
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        began = time.perf_counter()
+        while not self._stop.wait(HEARTBEAT_S):
+            seconds = time.perf_counter() - began
+            self.console.print(f"{self.what}: running, {seconds:.0f} s", markup=False)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def describe_lr(lr: LrSpec) -> str | float:
