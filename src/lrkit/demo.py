@@ -276,7 +276,11 @@ def _demo_steps(
             else "the range test CHANGED the model, which it must never do."
         )
     )
-    summary["range_test"] = {"suggestions": range_test.suggestions, "restored": restored}
+    summary["range_test"] = {
+        "suggestions": range_test.suggestions,
+        "warnings": range_test.warnings,
+        "restored": restored,
+    }
 
     console.rule("Fashion-MNIST 2. one training run per suggestion rule")
     compare_config = CompareConfig(

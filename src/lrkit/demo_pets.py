@@ -225,6 +225,7 @@ def run_pets(
     report.figure(out / "pets_lr_find_frozen.png", "Range test, body frozen (head only)")
     report.paragraph(spread_sentence(frozen, "auto"))
     pets["frozen_suggestions"] = frozen.suggestions
+    pets["frozen_warnings"] = frozen.warnings
     try:
         head_lr = frozen.require("auto")
     except UnusableCurveError as error:
