@@ -207,6 +207,7 @@ def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
             report,
             summary,
             _training_options(config, console),
+            config.rules,
         )
         summary["pets_seconds"] = time.perf_counter() - began
         console.print(f"data: Fashion-MNIST from {source}")

@@ -174,10 +174,11 @@ def run_pets(
     report: Report,
     summary: dict[str, Any],
     training_options: dict[str, Any],
+    rules: tuple[str, ...] = ("lowest", "minimum", "steep", "valley", "auto"),
 ) -> None:
-    """The Pets part: each step adds its results to `summary` and its section to `report`.
-    Returns early (one line on the console and in the report) when the weights are missing or
-    a range test's curve gives `auto` no learning rate."""
+    """The Pets part, comparing `rules` on the head: each step adds its results to `summary`
+    and its section to `report`. Returns early (one line on the console and in the report)
+    when the weights are missing or a range test's curve gives `auto` no learning rate."""
     problem = weights_problem()
     if problem is not None:
         console.print(f"Pets part skipped: {problem}", highlight=False)
@@ -233,7 +234,7 @@ def run_pets(
 
     console.rule("Pets 3. one run per rule on the head")
     config = CompareConfig(
-        rules=("lowest", "minimum", "steep", "valley", "auto"),
+        rules=rules,
         epochs=sizes.compare_epochs,
         num_it=sizes.num_it,
     )
