@@ -126,7 +126,7 @@ def test_a_tiny_demo_writes_every_section_each_ending_with_a_sentence(tmp_path):
     config = DemoConfig(
         quick=True,
         rules=("minimum", "valley", "auto"),
-        pets=PetsSizes(presize=80, size=64, bs=32, num_it=40, compare_epochs=1, head_epochs=1,
+        pets=PetsSizes(presize=80, size=64, bs=16, num_it=40, compare_epochs=1, head_epochs=1,
                        unfrozen_epochs=1),
         fashion=DemoSizes(n_train=1000, n_valid=500, bs=64, num_it=60, compare_epochs=1),
     )  # fmt: skip
