@@ -41,6 +41,7 @@ from lrkit.demo_pets import (
     suggestion_table,
 )
 from lrkit.image_learner import vision_learner
+from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
 from lrkit.range_test_result import UnusableCurveError, json_ready
@@ -65,11 +66,21 @@ class DemoSizes:
     bs: int
     num_it: int  # range-test steps
     compare_epochs: int
+    pretrain_items: int = 15000  # classes 0-4, for `pretrained_body` (benchmarks/bench_rules.py)
+    pretrain_epochs: int = 3
 
 
 # Chosen for the time budget on 2 CPU cores (whole demo <= 5 min, --quick <= 90 s).
 FULL = DemoSizes(n_train=6000, n_valid=2000, bs=64, num_it=100, compare_epochs=2)
-QUICK = DemoSizes(n_train=2000, n_valid=1000, bs=64, num_it=60, compare_epochs=2)
+QUICK = DemoSizes(
+    n_train=2000,
+    n_valid=1000,
+    bs=64,
+    num_it=60,
+    compare_epochs=2,
+    pretrain_items=4000,
+    pretrain_epochs=2,
+)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,36 @@ def fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
+    """A resnet_small trained on classes 0-4, cached by its settings so later runs reuse it
+    (the body of the transfer task in benchmarks/bench_rules.py)."""
+    sizes = config.sizes
+    settings = (sizes.pretrain_items, sizes.pretrain_epochs, sizes.bs, config.seed)
+    key = "-".join(str(v) for v in (*settings, len(arrays["y_train"])))
+    path = cache_dir("demo") / f"resnet_small-w{DEMO_WIDTH}-classes0-4-{key}.pth"
+    if path.exists():
+        console.print(f"  using the cached body {path}")
+        return path
+    console.print(f"  pretraining a body on classes 0-4 ({sizes.pretrain_items} images), cached")
+    dls = _loaders(arrays, sizes.pretrain_items, 1000, range(0, 5), sizes.bs, config.seed)
+    torch.manual_seed(config.seed)
+    learn = Learner(
+        demo_network(num_classes=5),
+        dls,
+        torch.nn.CrossEntropyLoss(),
+        metrics=[error_rate],
+        **_training_options(config, console),
+    )
+    lr = learn.lr_find(num_it=sizes.num_it, progress=False).require("auto")
+    learn.fit_one_cycle(sizes.pretrain_epochs, lr)
+    stop_if_interrupted(learn.interrupted)  # a half-trained body must never be cached
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    torch.save(learn.model.state_dict(), partial)
+    partial.replace(path)  # never leave a half-written body for the next run
+    return path
 
 
 def stop_if_interrupted(interrupted: bool) -> None:
