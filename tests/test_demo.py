@@ -136,20 +136,29 @@ def test_a_tiny_demo_writes_every_section_each_ending_with_a_sentence(tmp_path):
     md = (tmp_path / "report.md").read_text()
     found = sections(md)
     names = list(found)
-    assert [name.split(".")[0] for name in names] == [
-        "Pets 1", "Pets 2", "Pets 3", "Pets 4", "Pets 5", "Fashion-MNIST 1", "Fashion-MNIST 2",
-        "Settings",
-    ], names  # fmt: skip
+    expected = ["Pets 1", "Pets 2", "Pets 3", "Pets 4", "Pets 5", "Fashion-MNIST 1",
+                "Fashion-MNIST 2", "Settings"]  # fmt: skip
+    stopped = summary["pets"].get("stopped")
+    if stopped:  # at these tiny sizes a range test's curve may give auto no rate: a clean stop
+        pets_sections = [n for n in names if n.startswith("Pets")]
+        assert "stopped before training at an unusable rate" in found[pets_sections[-1]][-1]
+        expected = [e for e in expected if not e.startswith("Pets")]
+        expected = [n.split(".")[0] for n in pets_sections] + expected
+    assert [name.split(".")[0] for name in names] == expected, names
     for name, lines in found.items():  # every section ends with a sentence, not a table/figure
         last = lines[-1]
         assert last.endswith(".") and not last.startswith(("|", "![", "{")), (name, last)
-    verdicts = found[names[2]][-1] + found[names[6]][-1]
-    assert verdicts.count("z-test") == 2  # the rules' verdicts state the test they used
-    assert "z-test on 74 validation photos" in found[names[3]][-1]
+    fashion_verdict = found[names[-2]][-1]
+    assert "z-test" in fashion_verdict or "did not diverge" in fashion_verdict
+    if not stopped:
+        assert "z-test on 74 validation photos" in found[names[3]][-1]
+        assert re.search(r"stage unfrozen, lr slice\(\d\.\d\de-\d\d, \d\.\d\de-\d\d\)", terminal)
+        assert summary["pets"]["errors"]["unfrozen"] is not None
     # each epoch table is labelled with its rule or stage and its lr
-    for rule in ("minimum", "valley", "auto"):
-        assert re.search(rf"rule {rule}, lr \d\.\d\de-\d\d", terminal), rule
-    assert re.search(r"stage unfrozen, lr slice\(\d\.\d\de-\d\d, \d\.\d\de-\d\d\)", terminal)
+    trained = [row for row in summary["comparison"] if not row["note"].startswith("same lr")]
+    assert trained
+    for row in trained:  # a rule sharing another's lr shares its run (and its label)
+        assert f"rule {row['rule']}, lr {row['lr']:.2e}" in terminal, row["rule"]
     # the range tests' warnings come above their tables in the terminal
     for title, notes in (
         ("range test on the frozen ImageNet body", summary["pets"]["frozen_warnings"]),
@@ -157,18 +166,13 @@ def test_a_tiny_demo_writes_every_section_each_ending_with_a_sentence(tmp_path):
     ):
         for note in notes:
             assert terminal.index(note[:60]) < terminal.index(title), note
-    for name in (
-        "pets_show_batch.png",
-        "pets_lr_find_frozen.png",
-        "pets_lr_find_unfrozen.png",
-        "confusion_matrix.png",
-        "lr_find.png",
-        "report.html",
-        "demo.json",
-    ):
-        assert (tmp_path / name).stat().st_size > 0, name  # fmt: skip
-    assert summary["pets"]["errors"]["unfrozen"] is not None
-    assert json.loads((tmp_path / "demo.json").read_text())["pets"]["most_confused"] is not None
+    for name in ("pets_show_batch.png", "pets_lr_find_frozen.png", "lr_find.png", "report.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    if not stopped:
+        for name in ("pets_lr_find_unfrozen.png", "confusion_matrix.png"):
+            assert (tmp_path / name).stat().st_size > 0, name
+        saved = json.loads((tmp_path / "demo.json").read_text())
+        assert saved["pets"]["most_confused"] is not None
 
 
 @pytest.mark.slow
