@@ -16,7 +16,9 @@ from lrkit.compare import (
     blew_up,
     compare_rules,
     ended_worse,
+    noise_sentence,
     rule_table,
+    two_proportion_z,
     untrained_loss,
     write_comparison,
 )
@@ -181,3 +183,58 @@ def test_a_validation_loss_far_above_the_untrained_loss_is_flagged():
     raw = np.full(100, 3.8)  # the untrained loss, from the range test's first points
     assert "blew up" in blew_up([3.0, 19.0, 4.0], raw)
     assert blew_up([3.0, 2.0], raw) is None and blew_up([None], raw) is None
+
+
+def test_two_proportion_z_matches_a_hand_computed_value():
+    # 10 % vs 20 % of 100 items: se = sqrt((0.09 + 0.16) / 100) = 0.05, z = 0.10 / 0.05
+    assert two_proportion_z(0.1, 0.2, 100) == pytest.approx(2.0)
+    assert two_proportion_z(0.2, 0.1, 100) == pytest.approx(-2.0)
+    assert two_proportion_z(0.0, 0.0, 10) == 0.0 and two_proportion_z(0.0, 1.0, 10) == math.inf
+    with pytest.raises(ValueError, match="n=0"):
+        two_proportion_z(0.1, 0.2, 0)
+
+
+def test_noise_sentence_says_whether_a_difference_beats_the_noise():
+    # the demo's old transfer result: discriminative 0.1195 vs one rate 0.0980 on 2000 images
+    clear = noise_sentence("error rate", "slice", 0.1195, "one lr", 0.0980, 2000)
+    assert "more than the validation set's noise" in clear and "one lr is really lower" in clear
+    # se = sqrt((0.1195 * 0.8805 + 0.098 * 0.902) / 2000) = 0.00984: z = 0.0215 / 0.00984
+    assert "|z| = 2.19" in clear and clear.endswith(".")
+    close = noise_sentence("error rate", "slice", 0.1195, "one lr", 0.0980, 74, "photos")
+    assert "less than the validation set's noise" in close and "74 validation photos" in close
+
+
+def test_each_rule_run_prints_a_label_with_the_rule_and_its_lr_above_its_epoch_table():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lrkit import ProgressCallback
+
+    stream = StringIO()
+    console = Console(file=stream, width=200)
+    learn = make_learner(metrics=[], cbs=[ProgressCallback(console)])
+    comparison = compare_rules(learn, CompareConfig(rules=("minimum", "valley"), num_it=20))
+    text = stream.getvalue()
+    for run in comparison.runs:
+        label = f"rule {run.rule}, lr {run.lr:.2e}"
+        assert label in text
+    first, second = (text.index(f"rule {run.rule}, lr") for run in comparison.runs)
+    assert "train_loss" in text[first:second]  # the first run's epoch lines follow its label
+
+
+def test_a_given_range_test_is_used_instead_of_running_another():
+    learn = make_learner(metrics=[])
+    found = learn.lr_find(num_it=20, progress=False)
+    comparison = compare_rules(learn, CompareConfig(rules=("minimum",)), range_test=found)
+    assert comparison.range_test is found
+    assert comparison.runs[0].lr == found.suggest("minimum")
+
+
+def test_the_report_section_ends_with_the_verdict(tmp_path):
+    write_comparison(fake_comparison(), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    results = md.split("## Settings")[0].strip().splitlines()
+    assert results[-1].startswith("Best: minimum") and "z-test" in results[-1]
+    settings = md.split("## Settings")[1].strip().splitlines()
+    assert settings[-1].endswith(".") and not settings[-1].startswith("{")

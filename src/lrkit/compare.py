@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 
 from lrkit import suggest
+from lrkit.callbacks import ProgressCallback
 from lrkit.config import RANGE_TEST
 from lrkit.learner import Learner
 from lrkit.plots import valid_loss_per_rule_figure
 from lrkit.range_test_result import LRFindResult, finite_or_none, json_ready
 from lrkit.report import Report, plural
+from lrkit.schedule import LrSpec
 from lrkit.snapshot import TrainingSnapshot
+from lrkit.stages import Stage, one_cycle, run_stages
 
 DEFAULT_RULES = ("lowest", "minimum", "steep", "valley", "slide", "auto")
 # A rule wins only when its metric is this many standard errors below the next rule's
@@ -32,6 +35,38 @@ WIN_Z = 1.96
 SHARE_METRICS = ("error_rate",)  # metrics that are a share of the validation items
 # A run whose validation loss rose above this multiple of the untrained loss blew up.
 BLOW_UP = 2.0
+
+
+def two_proportion_z(p_low: float, p_high: float, n: int) -> float:
+    """How many standard errors the share `p_high` lies above `p_low`, both measured on the
+    same `n` items (a two-proportion z-test with unpooled variance); inf when both are exact
+    and differ, 0 when they are equal. Raises ValueError for n < 1."""
+    if n < 1:
+        raise ValueError(f"need at least one item to compare shares on, got n={n}")
+    se = math.sqrt((p_low * (1 - p_low) + p_high * (1 - p_high)) / n)
+    if se > 0:
+        return (p_high - p_low) / se
+    return math.inf if p_high > p_low else (-math.inf if p_high < p_low else 0.0)
+
+
+def noise_sentence(
+    what: str, name_a: str, p_a: float, name_b: str, p_b: float, n: int, unit: str = "items"
+) -> str:
+    """One sentence on whether two error rates (shares of the same `n` validation `unit`)
+    differ by more than the validation set's noise: WIN_Z standard errors of a
+    two-proportion z-test. `what` names the quantity, e.g. "error rate"."""
+    z = two_proportion_z(min(p_a, p_b), max(p_a, p_b), n)
+    test = f"two-proportion z-test on {n} validation {unit}, |z| = {z:.2f}"
+    if z > WIN_Z:
+        lower = name_a if p_a < p_b else name_b
+        return (
+            f"The {what} of {name_a} ({p_a:.1%}) and of {name_b} ({p_b:.1%}) differ by more "
+            f"than the validation set's noise ({test} > {WIN_Z}): {lower} is really lower."
+        )
+    return (
+        f"The {what} of {name_a} ({p_a:.1%}) and of {name_b} ({p_b:.1%}) differ by less than "
+        f"the validation set's noise ({test} <= {WIN_Z}): this run cannot tell them apart."
+    )
 
 
 @dataclass(frozen=True)
@@ -130,8 +165,7 @@ class Comparison:
         p2, second = min(others)
         n = self.n_valid
         if self.value_is_share() and n:
-            se = math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
-            z = (p2 - p1) / se if se > 0 else (math.inf if p2 > p1 else 0.0)
+            z = two_proportion_z(p1, p2, n)
             test = f"two-proportion z-test on {n} validation items, z = {z:.2f}"
             if z > WIN_Z:
                 return best, (
@@ -195,8 +229,11 @@ def _final(log: list[dict[str, Any]], key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Comparison:
-    """Range-test `learn`, then train it once per rule from its current state. Weights,
+def compare_rules(
+    learn: Learner, config: CompareConfig | None = None, range_test: LRFindResult | None = None
+) -> Comparison:
+    """Range-test `learn` (or take `range_test`, one already run on it as it is now), then
+    train it once per rule from its current state. Weights,
     optimizer, random states and data order are put back at the end; the recorder keeps the
     last run's history. With "auto" among the rules, raises UnusableCurveError before any
     training when the range test's curve cannot support a learning rate (too flat, too
@@ -204,7 +241,10 @@ def compare_rules(learn: Learner, config: CompareConfig | None = None) -> Compar
     run's fit ends the comparison after that run (`Comparison.interrupted`)."""
     config = config or CompareConfig()
     config.check()
-    range_test = learn.lr_find(start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it)
+    if range_test is None:
+        range_test = learn.lr_find(
+            start_lr=config.start_lr, end_lr=config.end_lr, num_it=config.num_it
+        )
     if "auto" in config.rules:  # a curve auto reads no rate from stops here, before training
         range_test.require("auto")
     start = TrainingSnapshot.capture(learn.model, learn.opt, [learn.dls.train, learn.dls.valid])
@@ -300,10 +340,10 @@ def _train_at_rule(
         return RuleRun(rule, math.nan, False, None, None, {}, 0.0, note=note)
     began = time.perf_counter()
     learn.recorder.clear()  # every rule trains from the same start: its history is its own
-    if config.schedule == "one-cycle":
-        learn.fit_one_cycle(config.epochs, lr)
-    else:
-        learn.fit(config.epochs, lr)
+    label_epoch_table(learn, f"rule {rule}, lr {lr:.2e}")
+    fit = one_cycle if config.schedule == "one-cycle" else constant
+    for _ in run_stages(learn, [Stage(rule, config.epochs, lr)], fit=fit):
+        pass  # one stage at a number: no range test, the learner's freeze state as it is
     seconds = time.perf_counter() - began
     log = learn.recorder.log
     valid_loss, train_loss = _final(log, "valid_loss"), _final(log, "train_loss")
@@ -323,6 +363,19 @@ def _train_at_rule(
         note=learn.stop_reason if learn.interrupted else reason or "",
         interrupted=learn.interrupted,
     )
+
+
+def constant(learn: Learner, stage: Stage, lr: LrSpec) -> None:
+    """Train a stage at a constant rate: `fit(stage.epochs, lr)`."""
+    learn.fit(stage.epochs, lr)
+
+
+def label_epoch_table(learn: Learner, label: str) -> None:
+    """Print `label` where `learn`'s progress callbacks print their epoch table, just above it,
+    so that each run's table says which rule and lr it belongs to."""
+    for callback in learn.cbs:
+        if isinstance(callback, ProgressCallback):
+            callback.console.print(label, style="bold", highlight=False)
 
 
 def format_cell(value: float | None) -> str:
@@ -379,9 +432,12 @@ def write_comparison(
     for note in comparison.range_test.warnings:
         report.paragraph(f"Warning about the range test: {note}")
     report.table(rule_table(comparison))
-    report.paragraph(comparison.winner()[1])
     report.figure(paths["lr_find_plot"], "The range test with every rule's suggestion marked")
     report.figure(paths["valid_loss_plot"], "Validation loss per epoch for each rule")
+    report.paragraph(comparison.winner()[1])  # the section ends with what the numbers mean
     report.settings({"config": asdict(config), **(extra or {})})
+    report.paragraph(
+        "These are the settings every run above used, so that the table can be reproduced."
+    )
     paths["report_md"], paths["report_html"] = report.write(folder)
     return paths

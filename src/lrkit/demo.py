@@ -1,11 +1,13 @@
-"""`lrkit demo`: the whole workflow on real data (Fashion-MNIST), with no network needed.
+"""`lrkit demo`: the whole workflow on real data, with no network needed.
 
-1. A range test of a small ResNet from scratch, and proof that it left the model untouched.
-2. The seed article's experiment: train once per suggestion rule, compare error rates.
-3. Transfer learning the fastai way: a body pretrained (by the demo, cached) on classes 0-4,
-   a new head for classes 5-9 from a few hundred images: freeze -> lr_find -> fit_one_cycle ->
-   unfreeze -> lr_find -> fit_one_cycle(slice(lo, hi)); beside it the same with one lr for all.
-4. report.md + report.html with every plot, in the output folder.
+Part 1, real photos (`demo_pets`): the seed's workflow on the 185 Pets photos bundled with
+lrkit and an ImageNet-pretrained EfficientNet-Lite0: show_batch, range test on the frozen body,
+the rules compared on the head, fit_one_cycle at `auto`, unfreeze, range test,
+fit_one_cycle(slice(lo, hi)), a confusion summary.
+Part 2, from scratch (Fashion-MNIST): a range test of a small ResNet and proof that it left the
+model untouched, then the seed article's experiment: train once per rule, compare error rates.
+report.md + report.html with every plot, in the output folder; every section ends with one
+sentence on what its numbers mean and whether a difference is beyond the validation noise.
 """
 
 from __future__ import annotations
@@ -22,23 +24,27 @@ import torch
 from rich.console import Console
 
 from lrkit.callbacks import ProgressCallback
-from lrkit.compare import (
-    CompareConfig,
-    compare_rules,
-    format_cell,
-    rule_table,
-    write_comparison,
-)
+from lrkit.compare import CompareConfig, compare_rules, write_comparison
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.data.fashion import CLASSES, SYSTEM_DIR, array_dataloaders, load_fashion_mnist
 from lrkit.data.idx import read_idx
 from lrkit.data.subset import balanced_subset
+from lrkit.demo_pets import (
+    ARCH,
+    PETS_FULL,
+    PETS_QUICK,
+    PetsSizes,
+    compare_section,
+    print_range_test,
+    run_pets,
+    suggestion_table,
+)
 from lrkit.fetch import DownloadError, cache_dir
 from lrkit.learner import Learner
 from lrkit.metrics import error_rate
 from lrkit.models.resnet import resnet_small
-from lrkit.range_test_result import json_ready
-from lrkit.report import Report, rich_table
+from lrkit.range_test_result import UnusableCurveError, json_ready
+from lrkit.report import Report
 from lrkit.vision.learner import vision_learner
 
 BUNDLED_DIR = Path(__file__).parent / "data" / "bundled"
@@ -53,23 +59,28 @@ def demo_network(in_chans: int = 1, num_classes: int = 10) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """How much data and training each step gets; `quick` keeps every step, smaller."""
+    """How much Fashion-MNIST data and training part 2 gets; `quick` keeps every step, smaller."""
 
-    n_train: int  # items for steps 1-2 (all 10 classes)
+    n_train: int  # items, all 10 classes
     n_valid: int
     bs: int
     num_it: int  # range-test steps
     compare_epochs: int
-    pretrain_items: int  # classes 0-4, for the body of step 3
-    pretrain_epochs: int
-    transfer_items: int  # labelled images of classes 5-9 for the new head
-    transfer_valid: int
-    head_epochs: int
-    unfrozen_epochs: int
+    pretrain_items: int = 15000  # classes 0-4, for `pretrained_body` (benchmarks/bench_rules.py)
+    pretrain_epochs: int = 3
 
 
-FULL = DemoSizes(12000, 2000, 64, 100, 3, 15000, 3, 500, 2000, 4, 6)
-QUICK = DemoSizes(4000, 1000, 64, 60, 2, 4000, 2, 300, 1000, 3, 4)
+# Chosen for the time budget on 2 CPU cores (whole demo <= 5 min, --quick <= 90 s).
+FULL = DemoSizes(n_train=6000, n_valid=2000, bs=64, num_it=100, compare_epochs=2)
+QUICK = DemoSizes(
+    n_train=2000,
+    n_valid=1000,
+    bs=64,
+    num_it=60,
+    compare_epochs=2,
+    pretrain_items=4000,
+    pretrain_epochs=2,
+)
 
 
 @dataclass(frozen=True)
@@ -81,10 +92,22 @@ class DemoConfig:
     data_path: str | None = None
     device: str = "cpu"
     rules: tuple[str, ...] = ("lowest", "minimum", "steep", "valley", "auto")
+    pets: PetsSizes | None = None  # None: PETS_QUICK or PETS_FULL, as `quick` says
+    fashion: DemoSizes | None = None  # None: QUICK or FULL
 
     @property
     def sizes(self) -> DemoSizes:
+        """Part 2's sizes."""
+        if self.fashion is not None:
+            return self.fashion
         return QUICK if self.quick else FULL
+
+    @property
+    def pets_sizes(self) -> PetsSizes:
+        """Part 1's sizes."""
+        if self.pets is not None:
+            return self.pets
+        return PETS_QUICK if self.quick else PETS_FULL
 
 
 def bundled_fashion_mnist() -> dict[str, np.ndarray]:
@@ -144,7 +167,8 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def pretrained_body(arrays, config: DemoConfig, console: Console) -> Path:
-    """A resnet_small trained on classes 0-4, cached by its settings so later runs reuse it."""
+    """A resnet_small trained on classes 0-4, cached by its settings so later runs reuse it
+    (the body of the transfer task in benchmarks/bench_rules.py)."""
     sizes = config.sizes
     settings = (sizes.pretrain_items, sizes.pretrain_epochs, sizes.bs, config.seed)
     key = "-".join(str(v) for v in (*settings, len(arrays["y_train"])))
@@ -185,49 +209,6 @@ def _training_options(config: DemoConfig, console: Console) -> dict[str, Any]:
     return {"device": config.device, "progress": False, "cbs": [ProgressCallback(console)]}
 
 
-def transfer(
-    arrays, body: Path, discriminative: bool, config: DemoConfig, out: Path, console: Console
-) -> dict[str, Any]:
-    """Classes 5-9 from a few hundred images on the pretrained body, fastai's way."""
-    sizes = config.sizes
-    dls = _loaders(
-        arrays, sizes.transfer_items, sizes.transfer_valid, range(5, 10), 64, config.seed
-    )
-    torch.manual_seed(config.seed)
-    learn = vision_learner(
-        dls,
-        demo_network,
-        pretrained=body,
-        metrics=[error_rate],
-        **_training_options(config, console),
-    )
-    tag = "sliced" if discriminative else "single"
-    frozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
-    frozen_test.plot(out / f"transfer_{tag}_lr_find_frozen.png")
-    head_lr = frozen_test.require("auto")
-    learn.fit_one_cycle(sizes.head_epochs, head_lr)
-    stop_if_interrupted(learn.interrupted)
-    head_error = learn.recorder.log[-1].get("error_rate") if learn.recorder.log else None
-    learn.unfreeze()
-    unfrozen_test = learn.lr_find(num_it=sizes.num_it, progress=False)
-    unfrozen_test.plot(out / f"transfer_{tag}_lr_find_unfrozen.png")
-    top_lr = min(unfrozen_test.require("auto"), head_lr)  # never faster than the head's lr
-    lr = slice(top_lr / 100, top_lr) if discriminative else top_lr
-    learn.fit_one_cycle(sizes.unfrozen_epochs, lr)
-    stop_if_interrupted(learn.interrupted)
-    log = learn.recorder.log
-    return {
-        "procedure": "unfreeze at slice(lo, hi)" if discriminative else "unfreeze at one lr",
-        "head_lr": head_lr,
-        "unfrozen_lr": f"slice({top_lr / 100:.2e}, {top_lr:.2e})"
-        if discriminative
-        else f"{top_lr:.2e}",
-        "error_rate_after_head": head_error,
-        "error_rate": log[-1].get("error_rate") if log else None,
-        "diverged": learn.diverged,
-    }
-
-
 class DemoInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the demo; `summary` holds the steps done (marked interrupted) and
     `written` the files it wrote (the report so far and demo.json)."""
@@ -238,35 +219,51 @@ class DemoInterrupted(KeyboardInterrupt):
 
 
 def run_demo(config: DemoConfig, out: Path, console: Console) -> dict[str, Any]:
-    """All four steps; returns the results and writes the report into `out`.
+    """Both parts; returns the results and writes the report into `out`.
 
     Raises DemoInterrupted after Ctrl-C, once the report so far and demo.json are written."""
     began = time.perf_counter()
-    sizes = config.sizes
     out.mkdir(parents=True, exist_ok=True)
-    arrays, source = demo_arrays(config.data_path)
-    console.print(f"data: Fashion-MNIST from {source}")
-    report = Report("lrkit demo: learning rates on Fashion-MNIST")
+    arrays, source = demo_arrays(config.data_path)  # a bad --data fails before any training
+    report = Report("lrkit demo: learning rates on real photos and on Fashion-MNIST")
     report.paragraph(
-        f"Data: Fashion-MNIST from {source}. Mode: {'quick' if config.quick else 'full'}."
+        f"Part 1 fine-tunes an ImageNet-pretrained {ARCH} on the Pets photos bundled with lrkit; "
+        f"part 2 trains a small ResNet from scratch on Fashion-MNIST from {source}. "
+        f"Mode: {'quick' if config.quick else 'full'}."
     )
-
     summary: dict[str, Any] = {
         "config": asdict(config),
-        "sizes": asdict(sizes),
+        "sizes": asdict(config.sizes),
+        "pets_sizes": asdict(config.pets_sizes),
         "data_source": source,
         "interrupted": False,
     }
     try:
+        run_pets(
+            config.pets_sizes,
+            config.seed,
+            config.device,
+            out,
+            console,
+            report,
+            summary,
+            _training_options(config, console),
+            config.rules,
+        )
+        summary["pets_seconds"] = time.perf_counter() - began
+        console.print(f"data: Fashion-MNIST from {source}")
         _demo_steps(arrays, config, out, console, report, summary)
     except KeyboardInterrupt:  # write what was done: the report so far and demo.json, marked
         summary["interrupted"] = True
         report.paragraph("Interrupted (Ctrl-C): the steps above were done, the others were not.")
     seconds = time.perf_counter() - began
     summary["seconds"] = seconds
-    report.heading("Settings")
-    report.paragraph(json.dumps({"config": asdict(config), "sizes": asdict(sizes)}))
-    report.paragraph(f"Total time: {seconds:.0f} s.")
+    settings = {"config": asdict(config), "sizes": asdict(config.sizes)}
+    report.settings({**settings, "pets_sizes": asdict(config.pets_sizes)})
+    report.paragraph(
+        f"Total time: {seconds:.0f} s (part 1 {summary.get('pets_seconds', seconds):.0f} s), "
+        "with the settings above, which reproduce every number in this report."
+    )
     md, html = report.write(out)
     (out / "demo.json").write_text(json.dumps(json_ready(summary), indent=2, default=str))
     if summary["interrupted"]:
@@ -283,9 +280,10 @@ def _demo_steps(
     report: Report,
     summary: dict[str, Any],
 ) -> None:
-    """The four steps; each adds its results to `summary` and its section to `report`."""
+    """Part 2, from scratch on Fashion-MNIST; each step adds its results to `summary` and its
+    section to `report`."""
     sizes = config.sizes
-    console.rule("1. range test of a small ResNet from scratch")
+    console.rule("Fashion-MNIST 1. range test of a small ResNet from scratch")
     dls = _loaders(arrays, sizes.n_train, sizes.n_valid, range(10), sizes.bs, config.seed)
     torch.manual_seed(config.seed)
     learn = vision_learner(
@@ -300,70 +298,51 @@ def _demo_steps(
     after = fingerprint(learn.model)
     restored = before == after
     range_test.plot(out / "lr_find.png")
-    console.print(range_test)
+    print_range_test(console, range_test, "range test from scratch")
     console.print(
         f"model fingerprint before {before}, after {after}: "
         f"{'restored bit-for-bit' if restored else 'CHANGED'}"
     )
-    report.heading("1. Range test from scratch")
-    report.paragraph(
-        f"{len(range_test.lrs)} steps ({range_test.stop_reason}). Model fingerprint (sha256 of "
-        f"all weights and buffers) before {before}, after {after}: "
-        + ("restored bit-for-bit." if restored else "CHANGED.")
-    )
-    report.table([["rule", "lr"], *[[k, f"{v:.2e}"] for k, v in range_test.suggestions.items()]])
+    report.heading("Fashion-MNIST 1. Range test from scratch")
+    for note in range_test.warnings:
+        report.paragraph(f"Warning about the range test: {note}")
+    report.table(suggestion_table(range_test))
     report.figure(out / "lr_find.png", "Range test with every rule's suggestion")
-    summary["range_test"] = {"suggestions": range_test.suggestions, "restored": restored}
+    report.paragraph(
+        f"{len(range_test.lrs)} steps ({range_test.stop_description}); the model fingerprint "
+        f"(sha256 of all weights and buffers) was {before} before and {after} after: "
+        + (
+            "the range test left the model bit-for-bit as it found it."
+            if restored
+            else "the range test CHANGED the model, which it must never do."
+        )
+    )
+    summary["range_test"] = {
+        "suggestions": range_test.suggestions,
+        "warnings": range_test.warnings,
+        "restored": restored,
+    }
 
-    console.rule("2. one training run per suggestion rule")
+    console.rule("Fashion-MNIST 2. one training run per suggestion rule")
     compare_config = CompareConfig(
         rules=config.rules, epochs=sizes.compare_epochs, num_it=sizes.num_it
     )
-    comparison = compare_rules(learn, compare_config)
+    try:
+        comparison = compare_rules(learn, compare_config, range_test=range_test)
+    except UnusableCurveError as error:  # auto reads no rate off this curve: say so and stop
+        line = f"Fashion-MNIST comparison stopped before training at an unusable rate: {error}."
+        console.print(line, highlight=False, soft_wrap=True)
+        report.paragraph(line)
+        summary["fashion_stopped"] = str(error)
+        return
     compare_paths = write_comparison(comparison, out / "compare")  # marked interrupted, if so
     summary["comparison"] = comparison.rows()
+    summary["verdict"] = comparison.winner()[1]
     stop_if_interrupted(comparison.interrupted)
-    table = rule_table(comparison)
-    console.print(rich_table(table, "one run per rule, same start"))
-    report.heading("2. The suggestion rules compared")
-    report.paragraph(
-        f"{sizes.compare_epochs} epoch(s) of one-cycle training per rule on {sizes.n_train} "
-        "images, each from the same initial weights, seed and data order."
+    compare_section(
+        comparison,
+        console,
+        report,
+        f"Fashion-MNIST 2. The suggestion rules compared ({sizes.n_train} images from scratch)",
+        compare_paths,
     )
-    report.table(table)
-    report.figure(compare_paths["valid_loss_plot"], "Validation loss per epoch for each rule")
-
-    console.rule("3. transfer learning: classes 0-4 -> 5-9")
-    body = pretrained_body(arrays, config, console)
-    results = [
-        transfer(arrays, body, discriminative, config, out, console)
-        for discriminative in (True, False)
-    ]
-    summary["transfer"] = results
-    for row in results:
-        console.print(
-            f"  {row['procedure']:<28} error rate {format_cell(row['error_rate'])}"
-            f"  (lr {row['unfrozen_lr']})"
-        )
-    report.heading("3. Transfer learning with discriminative learning rates")
-    report.paragraph(
-        f"A body pretrained on classes 0-4, a new head for classes 5-9 trained on "
-        f"{sizes.transfer_items} labelled images: freeze, lr_find, fit_one_cycle "
-        f"({sizes.head_epochs} epochs), unfreeze, lr_find, fit_one_cycle ({sizes.unfrozen_epochs} "
-        "epochs) — with slice(lo, hi) over the three layer groups, and with one lr for all."
-    )
-    report.table(
-        [
-            ["procedure", "lr after unfreezing", "error rate after head", "final error rate"],
-            *[
-                [
-                    r["procedure"],
-                    r["unfrozen_lr"],
-                    format_cell(r["error_rate_after_head"]),
-                    format_cell(r["error_rate"]),
-                ]
-                for r in results
-            ],
-        ]
-    )
-    report.figure(out / "transfer_sliced_lr_find_unfrozen.png", "Range test after unfreezing")
