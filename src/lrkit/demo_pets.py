@@ -325,8 +325,8 @@ def compare_section(
     report.heading(title)
     report.paragraph(
         f"{plural(config.epochs, 'epoch')} of one-cycle training per rule, each from the same "
-        "weights, seed and data order; a run marked diverged went haywire (a non-finite loss, or a loss "
-        "far above the untrained one)."
+        "weights, seed and data order; a run marked diverged went haywire (a non-finite loss, "
+        "or a loss far above the untrained one)."
     )
     report.table(table)
     report.figure(paths["valid_loss_plot"], "Validation loss per epoch for each rule")
