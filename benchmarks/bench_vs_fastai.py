@@ -205,11 +205,11 @@ def fastai_worker(seed: int, data_epochs: int, weights: Path) -> dict:
 
 def timm_weights(path: Path) -> Path:
     """The packaged ImageNet weights under timm's names, classifier left out (fastai's body)."""
+    import torch
+
     from lrkit.models import efficientnet_lite0
     from lrkit.models.hub import imagenet_weights
     from lrkit.models.weights import load_pretrained
-
-    import torch
 
     model = load_pretrained(efficientnet_lite0(), imagenet_weights("efficientnet_lite0"))
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
@@ -246,7 +246,7 @@ def table(rows: list[dict]) -> str:
         err = [100 * row[path]["error"] for row in rows]
         rt = [row[path]["range_test_s"] for row in rows]
         tr = [row[path]["train_s"] for row in rows]
-        tot = [a + b for a, b in zip(rt, tr)]
+        tot = [a + b for a, b in zip(rt, tr, strict=True)]
         lines.append(
             f"{path:15s} {spread(err):>14s} {' / '.join(f'{e:.1f}' for e in err):>20s} "
             f"{spread(rt):>14s} {spread(tr):>14s} {spread(tot):>14s}"
@@ -262,7 +262,7 @@ def table(rows: list[dict]) -> str:
     fv = [row["fastai valley"]["range_test_s"] + row["fastai valley"]["train_s"] for row in rows]
     lines.append(
         "wall time of the whole workflow, lrkit auto / fastai valley: "
-        + spread([a / b for a, b in zip(lk, fv)])
+        + spread([a / b for a, b in zip(lk, fv, strict=True)])
     )
     frac = [row["lrkit auto"]["range_test_s"] / row["lrkit auto"]["train_s"] for row in rows]
     ffrac = [row["fastai valley"]["range_test_s"] / row["fastai valley"]["train_s"] for row in rows]
@@ -333,12 +333,14 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ]
             row: dict = {"seed": seed}
-            for name, python, worker_args, worker_env in jobs if i % 2 == 0 else jobs[::-1]:
+            for name, python, worker_args, worker_env in jobs[::-1] if i % 2 == 0 else jobs:
                 out = run_worker(python, worker_args, worker_env)
                 row[f"{name} data_images_per_s"] = out.pop("data_images_per_s")
                 row.update(out)
                 print(f"seed {seed} {name}: {json.dumps(out)}", flush=True)
             rows.append(row)
+            if args.json:  # what is done survives an interrupted run
+                args.json.write_text(json.dumps({"rows": rows}, indent=1))
     record = {
         "config": {
             "presize": PRESIZE,

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-from pets_common import BS, EPOCHS, LABEL_RE, MIN_SCALE, PETS, PRESIZE, SIZE, split
 
 import lrkit
 from lrkit.data.pipeline import image_dataloaders
+from pets_common import BS, EPOCHS, LABEL_RE, MIN_SCALE, PETS, PRESIZE, SIZE, split
 
 # name -> (where hi comes from, factor on it, lr_mult)
 VARIANTS = {

@@ -89,8 +89,8 @@ def test_fine_tune_auto_trains_the_body_at_a_spread_of_the_heads_rate(monkeypatc
         return lr_find(self, *args, **kwargs)
 
     monkeypatch.setattr(Learner, "lr_find", spy)
-    head, body = run_stages(learn, fine_tune_plan(1, "auto"), progress=False)
-    assert seen == [(2, stages.AUTO_NUM_IT)]  # one range test, on the frozen body
+    head, body = run_stages(learn, fine_tune_plan(1, "auto"), num_it=100, progress=False)
+    assert seen == [(2, 100)]  # one range test, on the frozen body (the caller's num_it wins)
     assert head.group_lrs[-1] == head.range_test.suggest("auto")
     assert body.range_test is None
     assert body.group_lrs[-1] == pytest.approx(stages.AUTO_UNFROZEN * head.group_lrs[-1])

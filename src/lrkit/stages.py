@@ -31,7 +31,8 @@ LR_MULT = 100.0  # fine_tune's ratio between the last layer group's rate and the
 
 # `auto` in fine_tune / fit_one_cycle (see `auto_plan`). Measured on the real transfer task
 # (benchmarks/finetune_design.py, benchmarks/bench_vs_fastai.py; README "Pets").
-AUTO_NUM_IT = 100  # range-test steps
+AUTO_NUM_IT = 100  # range-test steps, as fastai's lr_find (shorter: pass num_it; see short_test)
+SMOOTHING, SMOOTHING_STEPS = 0.98, 100  # lr_find's beta and num_it defaults (short_test)
 AUTO_UNFROZEN = 0.5  # the unfrozen stage peaks at this x the head stage's rate
 AUTO_LR_MULT = 10.0  # ... and spreads it as slice(hi / AUTO_LR_MULT, hi)
 
@@ -142,6 +143,15 @@ def auto_plan(epochs: int, freeze_epochs: int = 1, lr_mult: float | None = None)
     ]
 
 
+def short_test(num_it: int | None) -> dict[str, Any]:
+    """Range-test options for a test of `num_it` steps over the default sweep: the smoothing
+    scaled so that it spans as many decades of lr as fastai's beta 0.98 does over 100 steps
+    ({} for None: the caller's or lr_find's defaults)."""
+    if num_it is None:
+        return {}
+    return {"num_it": num_it, "beta": SMOOTHING ** (SMOOTHING_STEPS / num_it)}
+
+
 def trainable_groups(learn: Learner) -> int:
     """How many layer groups train: those from `frozen_idx` on (a frozen group's BatchNorm
     layers may still train with train_bn, but at a rate that does not matter here)."""
@@ -185,7 +195,8 @@ def rule_lr(
     if rule != "auto":
         return stage_lr(learn, rule, **range_test)[0]
     mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
-    range_test.setdefault("num_it", AUTO_NUM_IT)
+    if "num_it" not in range_test:
+        range_test = {**short_test(AUTO_NUM_IT), **range_test}
     return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **range_test)[0]
 
 
@@ -218,7 +229,9 @@ def run_stages(
             hi = stage.from_previous * previous_hi
             lr, found = (slice(hi / stage.lr_mult, hi) if stage.lr_mult else hi), None
         else:
-            options = range_test if stage.num_it is None else {"num_it": stage.num_it, **range_test}
+            options = (
+                range_test if "num_it" in range_test else {**short_test(stage.num_it), **range_test}
+            )
             lr, found = stage_lr(learn, stage.lr, stage.lr_mult, **options)
         previous_hi = group_lrs(lr, learn.n_groups)[-1] if isinstance(stage.lr, str) else None
         if found is not None and on_range_test is not None:
