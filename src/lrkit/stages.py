@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 LR_MULT = 100.0  # fine_tune's ratio between the last layer group's rate and the first's
 
-# `auto` in fine_tune / fit_one_cycle (see `auto_plan`). Measured on the real transfer task
-# (benchmarks/finetune_design.py, benchmarks/bench_vs_fastai.py; README "Pets").
+# `auto` in fine_tune / fit_one_cycle (see `auto_plan` for the reasoning; measured against
+# fastai by benchmarks/bench_vs_fastai.py, README "Pets").
 AUTO_NUM_IT = 100  # range-test steps, as fastai's lr_find (shorter: pass num_it; see short_test)
 SMOOTHING, SMOOTHING_STEPS = 0.98, 100  # lr_find's beta and num_it defaults (short_test)
 AUTO_UNFROZEN = 0.5  # the unfrozen stage peaks at this x the head stage's rate
@@ -126,13 +126,17 @@ def auto_plan(epochs: int, freeze_epochs: int = 1, lr_mult: float | None = None)
     2. "unfrozen": every group at slice(hi2 / AUTO_LR_MULT, hi2) with hi2 = AUTO_UNFROZEN x hi,
        and no second range test.
 
-    Why no second range test: after unfreezing, the curve of the whole network is flat until
-    the body's rates are large enough to wreck its ImageNet features, so its suggestion says
-    little about the rate that fine-tunes best (fastbook's warning), while it costs as much as
-    the first test. On the real task (EfficientNet-Lite0 ImageNet body, Pets sample,
-    benchmarks/finetune_design.py) the rule on the head's rate matched or beat the second range
-    test; numbers at AUTO_UNFROZEN. Without head epochs (freeze_epochs=0) there is no head rate
-    to start from: one range test on the unfrozen learner with the spread applied (`stage_lr`).
+    Why no second range test: after unfreezing, the curve of the whole network stays flat
+    until the body's rates are large enough to wreck its ImageNet features, so its suggestion
+    says little about the rate that fine-tunes best (fastbook's warning), and on small data it
+    costs several times the training it serves (Pets sample: 100 range-test steps against 10
+    training steps). hi2 = hi / 2 is fastai's own step from the head stage to the unfrozen one;
+    the spread 10 (fastai: 100) lets the body move in a fine-tune of a few epochs. Both are
+    choices, not yet fitted: benchmarks/finetune_design.py measures the alternatives (a second
+    range test, spreads 3/10/100, hi/2 or hi/5) but did not finish on the shared 2-core
+    machine; benchmarks/bench_vs_fastai.py measures the plan against fastai (README "Pets").
+    Without head epochs (freeze_epochs=0) there is no head rate to start from: one range test
+    on the unfrozen learner with the spread applied (`stage_lr`).
     """
     mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
     if not freeze_epochs:
