@@ -93,7 +93,7 @@ def fine_tune_plan(
     A number trains the head at `lr` and then all groups at slice(lr / lr_mult, lr); a slice or
     list is used as given. A rule name gets a range test before each stage: the frozen stage
     trains at its suggestion hi, the unfrozen one at slice(hi2 / lr_mult, hi2) from a new test.
-    "auto" is `auto_plan`: one range test, the spread from a measured rule. `lr_mult` None:
+    "auto" is `auto_plan`: one range test, the spread from a fixed rule. `lr_mult` None:
     LR_MULT (fastai's 100), or AUTO_LR_MULT for "auto".
     Raises ValueError for epochs < 1, freeze_epochs < 0 or lr_mult < 1.
     """
