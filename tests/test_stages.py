@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from learner_fixtures import TinyNet, make_dls, three_groups
-from lrkit import suggest
+from lrkit import stages, suggest
 from lrkit.learner import Learner
 from lrkit.range_test_result import UnusableCurveError
 from lrkit.stages import Stage, fine_tune_plan, run_stages, stage_lr
@@ -66,3 +66,54 @@ def test_learner_fine_tune_with_a_rule_tests_before_each_stage(monkeypatch):
     assert seen == [2, 0]  # frozen body first, then every group
     lrs = [group["lr"] for group in learn.opt.param_groups]
     assert lrs[-1] / lrs[0] == pytest.approx(10)
+
+
+def test_auto_plans_one_range_test_and_the_spread_from_the_heads_rate():
+    frozen, unfrozen = fine_tune_plan(4, "auto")
+    assert frozen == Stage("frozen", 1, "auto", freeze=True, num_it=stages.AUTO_NUM_IT)
+    assert unfrozen.from_previous == stages.AUTO_UNFROZEN
+    assert unfrozen.lr_mult == stages.AUTO_LR_MULT and unfrozen.freeze is False
+    assert fine_tune_plan(4, "auto", lr_mult=30)[1].lr_mult == 30
+    (only,) = fine_tune_plan(2, "auto", freeze_epochs=0)  # no head rate: a range test instead
+    assert only.from_previous is None and only.lr == "auto"
+    assert fine_tune_plan(1, "valley")[1].lr_mult == stages.LR_MULT  # other rules: fastai's 100
+
+
+def test_fine_tune_auto_trains_the_body_at_a_spread_of_the_heads_rate(monkeypatch):
+    learn = make_learner()
+    seen = []
+    lr_find = Learner.lr_find
+
+    def spy(self, *args, **kwargs):
+        seen.append((self.frozen_idx, kwargs.get("num_it")))
+        return lr_find(self, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "lr_find", spy)
+    head, body = run_stages(learn, fine_tune_plan(1, "auto"), num_it=100, progress=False)
+    assert seen == [(2, 100)]  # one range test, on the frozen body (the caller's num_it wins)
+    assert head.group_lrs[-1] == head.range_test.suggest("auto")
+    assert body.range_test is None
+    assert body.group_lrs[-1] == pytest.approx(stages.AUTO_UNFROZEN * head.group_lrs[-1])
+    assert body.group_lrs[-1] / body.group_lrs[0] == pytest.approx(stages.AUTO_LR_MULT)
+
+
+def test_fit_one_cycle_auto_on_an_unfrozen_learner_tests_and_trains_with_the_spread(monkeypatch):
+    learn = make_learner()
+    ratios = []
+    lr_find = Learner.lr_find
+
+    def spy(self, *args, **kwargs):
+        lrs = [group["lr"] for group in self.opt.param_groups]
+        ratios.append(lrs[-1] / lrs[0])
+        return lr_find(self, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "lr_find", spy)
+    learn.fit_one_cycle(1, "auto")
+    assert ratios == [pytest.approx(stages.AUTO_LR_MULT)]  # the curve of what then trains
+    lrs = [group["lr"] for group in learn.opt.param_groups]
+    assert lrs[-1] / lrs[0] == pytest.approx(stages.AUTO_LR_MULT)
+    learn = make_learner()
+    learn.freeze()  # one trainable group: one rate for every group, no spread
+    learn.fit_one_cycle(1, "auto")
+    assert len(ratios) == 2
+    assert len({group["lr"] for group in learn.opt.param_groups}) == 1

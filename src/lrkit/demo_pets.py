@@ -38,7 +38,7 @@ from lrkit.models.hub import PACKAGED, imagenet_weights
 from lrkit.range_test_result import LRFindResult, UnusableCurveError
 from lrkit.report import Report, plural, rich_table
 from lrkit.schedule import LrSpec
-from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
+from lrkit.stages import Stage, StageResult, fine_tune_plan, run_stages
 from lrkit.vision import VisionLearner, vision_learner
 from lrkit.vision.interpret import ClassificationInterpretation
 
@@ -246,8 +246,8 @@ def run_pets(
     if comparison.interrupted:
         raise KeyboardInterrupt
 
-    console.rule("Pets 4. fine-tune: head at auto, unfreeze, range test, slice(hi/100, hi)")
-    plan = fine_tune_plan(sizes.unfrozen_epochs, "auto", sizes.head_epochs, LR_MULT)
+    console.rule("Pets 4. fine_tune(base_lr='auto'): head at auto, unfreeze, slice(hi2/10, hi2)")
+    plan = fine_tune_plan(sizes.unfrozen_epochs, "auto", sizes.head_epochs)
     plan[0] = replace(plan[0], lr=head_lr)  # the frozen range test above already chose it
     errors: dict[str, float | None] = {}
     try:
@@ -283,6 +283,10 @@ def _stages(
     rate put into `errors` by stage name."""
 
     def fit(learn: VisionLearner, stage: Stage, lr: LrSpec) -> None:
+        if stage.from_previous is not None:  # no range test decides this stage: show one anyway
+            shown = learn.lr_find(num_it=num_it, progress=False)
+            shown.plot(out / f"pets_lr_find_{stage.name}.png")
+            print_range_test(console, shown, "range test after unfreezing (shown, not used)")
         label_epoch_table(learn, f"stage {stage.name}, lr {lr_text(lr)}")
         learn.fit_one_cycle(stage.epochs, lr)
         errors[stage.name] = last_error(learn)
@@ -341,13 +345,19 @@ def _fine_tune_section(
     report: Report,
     out: Path,
 ) -> None:
-    report.heading("Pets 4. Fine-tuning: the head, then everything with slice(hi/100, hi)")
+    report.heading("Pets 4. Fine-tuning: the head at auto, then everything at slice(hi2/10, hi2)")
     for result in results:
         for note in result.range_test.warnings if result.range_test else []:
             report.paragraph(f"Warning about the range test before {result.name}: {note}")
     rows = [["stage", "epochs", "lr", "from", "error rate after"]]
     for result in results:
-        source = f"{result.rule}, range test just before" if result.rule else "the range test above"
+        source = (
+            "the head's rate x 0.5, spread 10 (lrkit.stages.auto_plan)"
+            if result.range_test is None and result.name == "unfrozen"
+            else f"{result.rule}, range test just before"
+            if result.rule
+            else "the range test above"
+        )
         error = errors.get(result.name)
         rows.append(
             [
@@ -360,7 +370,12 @@ def _fine_tune_section(
         )
     report.table(rows)
     if (out / "pets_lr_find_unfrozen.png").exists():
-        report.figure(out / "pets_lr_find_unfrozen.png", "Range test after unfreezing")
+        report.figure(
+            out / "pets_lr_find_unfrozen.png",
+            "Range test after unfreezing, shown and not used: the whole network's curve stays "
+            "flat until the body's rates wreck its ImageNet features (fastbook's warning), so "
+            "auto takes the unfrozen rates from the head's rate instead",
+        )
     head, final = errors.get("frozen"), errors.get("unfrozen")
     if final is not None:
         report.paragraph(

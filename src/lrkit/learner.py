@@ -32,7 +32,7 @@ from lrkit.optimizers import OptFactory, make_optimizer, momentum_of, set_hypers
 from lrkit.prediction import Prediction, as_tensor, predict_tensor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom
-from lrkit.stages import Stage, fine_tune_plan, run_stages
+from lrkit.stages import LR_MULT, Stage, fine_tune_plan, rule_lr, run_stages
 from lrkit.step import TrainStep, autocast_dtype
 from lrkit.summary import summarize
 
@@ -186,7 +186,11 @@ class Learner:
         moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
         cbs: Sequence[Callback] = (),
     ) -> None:
-        """One-cycle: per group lr_max/div -> lr_max -> lr_max/div_final; momentum the other way."""
+        """One-cycle: per group lr_max/div -> lr_max -> lr_max/div_final; momentum the other way.
+
+        `lr_max` a rule name ("auto", ...): a range test first (`lrkit.stages.rule_lr`)."""
+        if isinstance(lr_max, str):
+            lr_max = rule_lr(self, lr_max)
         lr_maxs = group_lrs(lr_max, self.n_groups)
         if not 0.0 <= pct_start <= 1.0:
             raise ValueError(f"pct_start must lie in [0, 1], got {pct_start!r}")
@@ -202,7 +206,7 @@ class Learner:
         epochs: int,
         base_lr: float | str = 2e-3,
         freeze_epochs: int = 1,
-        lr_mult: float = 100,
+        lr_mult: float | None = None,
         pct_start: float = 0.3,
         div: float = 5.0,
         cbs: Sequence[Callback] = (),
@@ -211,8 +215,9 @@ class Learner:
 
         `base_lr` a rule name ("auto", "valley", ...): a range test before each stage, the head
         at its suggestion hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test
-        (`lrkit.stages.fine_tune_plan`; default one-cycle settings). Raises UnusableCurveError
-        (a ValueError) before training at a suggestion that is NaN.
+        (`lrkit.stages.fine_tune_plan`; default one-cycle settings); "auto" chooses the head's
+        rate and the spread itself (`lrkit.stages.auto_plan`). `lr_mult` None: 100, or the auto
+        plan's own. Raises UnusableCurveError (a ValueError) before training at a NaN suggestion.
         """
         if isinstance(base_lr, str):
 
@@ -229,6 +234,7 @@ class Learner:
             if self.interrupted or self.diverged:
                 return
         base_lr /= 2
+        lr_mult = LR_MULT if lr_mult is None else lr_mult
         self.unfreeze()
         self.fit_one_cycle(
             epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs

