@@ -59,6 +59,7 @@ def test_a_label_re_that_matches_nothing_is_one_line_not_one_per_file(
     mismatch = [line for line in out.splitlines() if "does not match" in line]
     assert len(mismatch) == 1, out
     assert "13 files left out: file name does not match --label-re" in mismatch[0]
+    assert r"'^zzz(\d)'" in mismatch[0]  # the pattern as typed, its backslash not doubled
     assert "e.g. " in mismatch[0]
 
 

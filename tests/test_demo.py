@@ -109,6 +109,17 @@ def test_demo_with_a_missing_data_folder_exits_2(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("taken", ["confusion_matrix.png", "pets_lr_find_unfrozen.png"])
+def test_a_pets_output_name_taken_by_a_folder_stops_the_demo_before_any_work(
+    tmp_path, capsys, taken
+):
+    (tmp_path / taken).mkdir()
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert taken in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken]  # nothing was written
+
+
 def sections(markdown: str) -> dict[str, list[str]]:
     """Report sections by heading: their non-empty lines."""
     found = {}

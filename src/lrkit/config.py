@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+REPEATS = 3  # lr_find_repeated: range tests from the same weights on different data orders
+
 
 @dataclass(frozen=True)
 class RangeTestConfig:

@@ -24,7 +24,7 @@ from torch.utils.data import SequentialSampler
 
 from lrkit import distributed
 from lrkit.batch import ForwardFn
-from lrkit.config import RANGE_TEST, RangeTestConfig
+from lrkit.config import RANGE_TEST, REPEATS, RangeTestConfig
 from lrkit.layer_groups import eval_mode
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.snapshot import LoaderStates, TrainingSnapshot, loader_generators, optimizer_params
@@ -325,7 +325,7 @@ def lr_find_repeated(
     train_loader: Iterable,
     loss_fn: Callable[[Any, Any], torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
-    repeats: int = 3,
+    repeats: int = REPEATS,
     **kwargs: Any,
 ) -> RepeatedLRFind:
     """`repeats` range tests from the same weights on different data orders, so the spread of

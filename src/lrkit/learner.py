@@ -21,7 +21,7 @@ from torch import nn
 from lrkit import checkpoint, distributed, evaluation, export_file, finder
 from lrkit.batch import ForwardFn, channels_last_batch, default_forward
 from lrkit.callbacks import Callback, ProgressCallback, Recorder
-from lrkit.config import RANGE_TEST
+from lrkit.config import RANGE_TEST, REPEATS
 from lrkit.data import DataLoaders
 from lrkit.data.preprocess import Preprocess
 from lrkit.fit_loop import Schedule, TrainOptions, run_fit
@@ -313,7 +313,7 @@ class Learner:
 
     def lr_find_repeated(
         self,
-        repeats: int = 3,
+        repeats: int = REPEATS,
         start_lr: float = RANGE_TEST.start_lr,
         end_lr: float = RANGE_TEST.end_lr,
         num_it: int = RANGE_TEST.num_it,

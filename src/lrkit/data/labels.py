@@ -24,15 +24,15 @@ def regex_labeller(pattern: str) -> Labeller:
         compiled = re.compile(pattern)
     except re.error as error:
         raise ValueError(
-            f"label_re {pattern!r} is not a valid regular expression: {error}"
+            f"label_re '{pattern}' is not a valid regular expression: {error}"
         ) from None
     if compiled.groups < 1:
-        raise ValueError(f"label_re {pattern!r} needs a group, e.g. r'^(.+)_\\d+'")
+        raise ValueError(f"label_re '{pattern}' needs a group, e.g. r'^(.+)_\\d+'")
 
     def label(path: Path) -> list[str]:
         match = compiled.search(path.name)
         if match is None or not match.group(1):
-            raise LabelError(f"file name does not match label_re {pattern!r}")
+            raise LabelError(f"file name does not match label_re '{pattern}'")
         return [match.group(1)]
 
     return label
