@@ -13,6 +13,7 @@ from lrkit import suggest
 from lrkit.cli import main
 from lrkit.learner import Learner
 from lrkit.models.resnet import resnet_small
+from lrkit.range_test_result import LRFindResult
 
 torch.set_num_threads(1)
 
@@ -123,6 +124,24 @@ def test_train_with_a_rule_and_frozen_epochs_slices_like_fine_tune(
     assert stages[1]["lr"].startswith("slice(")
 
 
+@pytest.mark.parametrize("command", ["train", "fine-tune"])
+def test_auto_with_frozen_epochs_runs_the_library_auto_plan_in_both_commands(
+    fashion, events, tmp_path, monkeypatch, capsys, command
+):
+    monkeypatch.setattr(LRFindResult, "require", lambda self, rule="auto": 1e-3)  # readable
+    out = tmp_path / command
+    argv = [command, *fashion, "--freeze-epochs", "1", "--epochs", "1", "--lr", "auto",
+            "--out", str(out), "--json"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    # one range test (the head's), as learn.fine_tune(base_lr="auto"); no test after unfreezing
+    assert [what for what, _, _ in events] == ["lr_find", "fit", "fit"]
+    end_lrs = events[-1][2]
+    assert end_lrs[-1] / end_lrs[0] == pytest.approx(10)  # auto's spread, not 100
+    assert not list(out.glob("lr_find_*.png"))[1:]  # one range-test plot
+    record = json.loads((out / f"{command.replace('-', '_')}.json").read_text())
+    assert record["config"]["lr_mult"] == 10
+
+
 def test_an_untrustworthy_suggestion_stops_before_training(
     fashion, events, tmp_path, monkeypatch, capsys
 ):
@@ -182,6 +201,6 @@ def test_bad_options_exit_2_with_one_line(extra, message, fashion, events, tmp_p
 def test_unwritable_output_is_refused_before_any_work(fashion, events, tmp_path, capsys):
     out = tmp_path / "o"
     (out / "lr_find_unfrozen.png").mkdir(parents=True)
-    code, captured = fine_tune([*fashion, "--lr", "auto", "--out", str(out)], capsys)
+    code, captured = fine_tune([*fashion, "--lr", "minimum", "--out", str(out)], capsys)
     assert code == 2 and "lr_find_unfrozen.png" in captured.err
     assert events == []

@@ -56,6 +56,11 @@ class Stage:
     # no range test (the stage before must have found its hi from a rule)
     num_it: int | None = None  # the range test's length, unless the caller sets num_it
 
+    @property
+    def range_test(self) -> bool:
+        """Whether a range test runs before this stage (a rule not taken from the stage before)."""
+        return isinstance(self.lr, str) and self.from_previous is None
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -101,13 +106,18 @@ def fine_tune_plan(
         raise ValueError(f"need epochs >= 1 and freeze_epochs >= 0, got {epochs}, {freeze_epochs}")
     if lr == "auto":
         return auto_plan(epochs, freeze_epochs, lr_mult)
-    lr_mult = LR_MULT if lr_mult is None else _check_mult(lr_mult)
+    lr_mult = default_lr_mult(lr) if lr_mult is None else _check_mult(lr_mult)
     plan = [Stage("frozen", freeze_epochs, lr, freeze=True)] if freeze_epochs else []
     if isinstance(lr, (int, float)):
         plan.append(Stage("unfrozen", epochs, slice(lr / lr_mult, lr), freeze=False))
     else:
         plan.append(Stage("unfrozen", epochs, lr, freeze=False, lr_mult=lr_mult))
     return plan
+
+
+def default_lr_mult(lr: LrSpec | str) -> float:
+    """The spread fine_tune uses when none is given: AUTO_LR_MULT for "auto", else LR_MULT."""
+    return AUTO_LR_MULT if lr == "auto" else LR_MULT
 
 
 def _check_mult(lr_mult: float) -> float:
@@ -138,7 +148,7 @@ def auto_plan(epochs: int, freeze_epochs: int = 1, lr_mult: float | None = None)
     Without head epochs (freeze_epochs=0) there is no head rate to start from: one range test
     on the unfrozen learner with the spread applied (`stage_lr`).
     """
-    mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
+    mult = default_lr_mult("auto") if lr_mult is None else _check_mult(lr_mult)
     if not freeze_epochs:
         return [Stage("unfrozen", epochs, "auto", freeze=False, lr_mult=mult, num_it=AUTO_NUM_IT)]
     return [
@@ -198,7 +208,7 @@ def rule_lr(
     """
     if rule != "auto":
         return stage_lr(learn, rule, **range_test)[0]
-    mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
+    mult = default_lr_mult("auto") if lr_mult is None else _check_mult(lr_mult)
     if "num_it" not in range_test:
         range_test = {**short_test(AUTO_NUM_IT), **range_test}
     return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **range_test)[0]

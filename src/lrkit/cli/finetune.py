@@ -52,7 +52,7 @@ from lrkit.cli.setup import (
 from lrkit.finder import RangeTestInterrupted
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
-from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
+from lrkit.stages import Stage, StageResult, default_lr_mult, fine_tune_plan, run_stages
 from lrkit.vision.learner import VisionLearner
 
 
@@ -79,7 +79,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--lr", default="auto", help="a rule name (auto, minimum, ...) or a number")
     parser.add_argument(
-        "--lr-mult", type=LR_MULTIPLIER, default=LR_MULT, help="last group's rate / first group's"
+        "--lr-mult",
+        type=LR_MULTIPLIER,
+        default=None,
+        help="last group's rate / first group's (default 100; 10 with --lr auto)",
     )
     parser.set_defaults(run=run_fine_tune)
 
@@ -184,7 +187,7 @@ class FineTuneConfig:
     epochs: int
     freeze_epochs: int
     lr: float | str  # a number, or the rule whose suggestion each stage trains at
-    lr_mult: float
+    lr_mult: float | None  # the spread the last stage used
     num_it: int  # range test: optimizer steps, and its lr range (start_lr, end_lr)
     start_lr: float
     end_lr: float
@@ -213,14 +216,14 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "fine_tune.json"]
     outputs += INTERPRETATION_OUTPUTS
     if isinstance(lr, str):
-        outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
+        outputs += [f"lr_find_{range_test_name(s)}.png" for s in plan if s.range_test]
     check_outputs(args.out, outputs)
     options, dls, learn = setup(args, console)
     config = FineTuneConfig(
         epochs=args.epochs,
         freeze_epochs=args.freeze_epochs,
         lr=lr,
-        lr_mult=args.lr_mult,
+        lr_mult=args.lr_mult or default_lr_mult(lr),
         num_it=args.num_it,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
@@ -260,7 +263,9 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return record
 
 
-def fine_tune_stages(epochs: int, lr: float | str, freeze_epochs: int, mult: float) -> list[Stage]:
+def fine_tune_stages(
+    epochs: int, lr: float | str, freeze_epochs: int, mult: float | None
+) -> list[Stage]:
     """The library's fine_tune plan (errors in one line, exit 2)."""
     try:
         return fine_tune_plan(epochs, lr, freeze_epochs, mult)

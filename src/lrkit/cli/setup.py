@@ -25,6 +25,7 @@ from lrkit.config import DATA
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.metrics import accuracy_multi, error_rate
+from lrkit.stages import default_lr_mult
 from lrkit.vision import (
     JunkWarning,
     VisionLearner,
@@ -151,6 +152,8 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
         config["arch"] = resolved_arch(args)
         pretrained = resolved_pretrained(args)
         config["pretrained"] = "none" if pretrained is False else str(pretrained)
+    if "lr_mult" in config and config["lr_mult"] is None:
+        config["lr_mult"] = default_lr_mult(config.get("lr"))
     config["device"] = str(pick_device(args.device))
     return config
 

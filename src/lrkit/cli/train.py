@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
@@ -25,7 +26,7 @@ from lrkit.cli.args import (
 from lrkit.cli.args import (
     add_command as add_command_to,
 )
-from lrkit.cli.finetune import range_test_name, train_in_stages
+from lrkit.cli.finetune import fine_tune_stages, range_test_name, train_in_stages
 from lrkit.cli.interpretation import OUTPUTS as INTERPRETATION_OUTPUTS
 from lrkit.cli.output import describe_lr
 from lrkit.cli.results import (
@@ -39,7 +40,7 @@ from lrkit.cli.setup import (
     setup,
 )
 from lrkit.range_test_result import finite_or_none, json_ready
-from lrkit.stages import LR_MULT, Stage
+from lrkit.stages import Stage
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -68,8 +69,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--lr-mult",
         type=LR_MULTIPLIER,
-        default=LR_MULT,
-        help="with a rule and --freeze-epochs: after unfreezing, slice(hi / LR_MULT, hi)",
+        default=None,
+        help="with a rule and --freeze-epochs: after unfreezing, slice(hi / LR_MULT, hi) "
+        "(default 100; 10 with --lr auto)",
     )
     train.set_defaults(run=run_train)
 
@@ -81,18 +83,20 @@ def run_train(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     slice(hi / --lr-mult, hi) after unfreezing.
     """
     spec = parse_lr(args.lr)
-    if args.freeze_epochs:  # (stage name, epochs, freeze, lr_mult): the head, then every group
-        mult = args.lr_mult if isinstance(spec, str) else None
+    if args.freeze_epochs and isinstance(spec, str):  # a rule: fine-tune's stages, as fine_tune
+        plan = fine_tune_stages(args.epochs, spec, args.freeze_epochs, args.lr_mult)
+        plan[-1] = replace(plan[-1], name="train")
+    elif args.freeze_epochs:  # a given rate: the head at it, then every group at it
         plan = [
             Stage("frozen", args.freeze_epochs, spec, freeze=True),
-            Stage("train", args.epochs, spec, freeze=False, lr_mult=mult),
+            Stage("train", args.epochs, spec, freeze=False),
         ]
     else:
         plan = [Stage("train", args.epochs, spec)]
     outputs = ["metrics.csv", "losses.png", "schedule.png", "model.lrk", "train.json"]
     outputs += INTERPRETATION_OUTPUTS
     if isinstance(spec, str):  # a rule: one range-test plot per stage
-        outputs += [f"lr_find_{range_test_name(stage)}.png" for stage in plan]
+        outputs += [f"lr_find_{range_test_name(s)}.png" for s in plan if s.range_test]
     check_outputs(args.out, outputs)
     options, dls, learn = setup(args, console)
     done, interrupted, stopped = train_in_stages(args, learn, plan, console)
