@@ -61,14 +61,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         commands,
         "fine-tune",
         "fastai's fine_tune: range test, head epochs, unfreeze, range test, sliced lrs",
-        "With --lr a rule (auto, minimum, valley, ...): a range test on the frozen body, "
+        "With --lr a rule (minimum, valley, ...): a range test on the frozen body, "
         "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
-        "--epochs epochs at slice(hi / --lr-mult, hi); --lr auto: no second range test, "
+        "--epochs epochs at slice(hi / --lr-mult, hi). With --lr auto: no second range test, "
         "slice(hi2 / 10, hi2) with hi2 = hi / 2 (learn.fine_tune's auto plan). With --lr a "
         "number hi: the head at hi, then slice(hi / --lr-mult, hi). Writes model.lrk, "
         "metrics.csv, losses.png, schedule.png, lr_find_frozen.png, lr_find_unfrozen.png (not "
-        "for auto), fine_tune.json and the interpretation (confusion_matrix.png and top_losses.png; multi-label: threshold.png "
-        "and per_class.png), as lrkit train does.",
+        "for auto), fine_tune.json and the interpretation (confusion_matrix.png and "
+        "top_losses.png; multi-label: threshold.png and per_class.png), as lrkit train does.",
     )
     add_data(parser)
     add_model(parser)
