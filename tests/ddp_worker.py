@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from learner_fixtures import TinyNet, body_head, make_data
 from lrkit import Callback, CSVLogger, DataLoaders, Learner, accuracy, distributed
+from lrkit.vision import VisionLearner
 
 N_TRAIN, N_VALID, BS = 40, 23, 4  # an odd validation set: blocks of 12 and 11 items
 
@@ -92,12 +93,17 @@ def main(out: Path) -> None:
     torch.save(state, out / f"state_rank{rank}.pt")
     saved = learn.save(out / f"model_rank{rank}.pt")
     exported = learn.export(out / f"model_rank{rank}.lrk")
+    vision = VisionLearner(
+        TinyNet(), make_dls(), nn.CrossEntropyLoss(), splitter=body_head, device="cpu"
+    )
+    vision_exported = vision.export(out / f"vision_rank{rank}.lrk", pickle_model=True)
     result = {
         "seen": seen.epochs,
         "validate": learn.validate(),
         "n_iter": learn.n_iter,
         "saved": str(saved),
         "exported": str(exported),
+        "vision_exported": str(vision_exported),
         "lr_find": {
             "stop_reason": found.stop_reason,
             "n_points": len(found.lrs),

@@ -104,11 +104,12 @@ def test_validate_over_two_ranks_equals_one_process_on_the_same_weights(ranks):
 def test_outputs_are_written_once_by_rank_zero(ranks):
     out, results = ranks
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith(("result", "state")))
-    assert written == ["log_rank0.csv", "model_rank0.lrk", "model_rank0.pt"]
+    assert written == ["log_rank0.csv", "model_rank0.lrk", "model_rank0.pt", "vision_rank0.lrk"]
     assert len((out / "log_rank0.csv").read_text().splitlines()) == 1 + 2  # header, 2 epochs
     for result in results:  # every rank is told where rank 0 wrote
         assert result["saved"] == str(out / "model_rank0.pt")
         assert result["exported"] == str(out / "model_rank0.lrk")
+        assert result["vision_exported"] == str(out / "vision_rank0.lrk")  # a VisionLearner too
 
 
 def test_lr_find_stops_at_the_same_step_with_the_same_suggestions(ranks):

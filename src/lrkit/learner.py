@@ -405,11 +405,13 @@ class Learner:
         kwargs: dict[str, Any] | None = None,
         preprocess: Preprocess | dict[str, Any] | None = None,
         pickle_model: bool = False,
+        thresh: float = 0.5,
     ) -> Path:
         """Write what `lrkit.load_learner(path).predict(item)` needs; see export_file.export.
 
         Without `preprocess`, the loaders' record (`dls.preprocess`: presize, size and stats,
         when known) is stored, so image files become inputs as the validation batches did.
+        `thresh`: the multi-label decision threshold. Under torchrun rank 0 writes the file.
         """
         if preprocess is None:
             preprocess = self.dls.preprocess
@@ -423,6 +425,7 @@ class Learner:
                 kwargs=kwargs,
                 preprocess=preprocess,
                 pickle_model=pickle_model,
+                thresh=thresh,
             )
         )
 

@@ -21,7 +21,6 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from lrkit import export_file
 from lrkit.data import DataLoaders
 from lrkit.data.preprocess import Preprocess, as_preprocess
 from lrkit.layer_groups import Splitter
@@ -136,17 +135,7 @@ class VisionLearner(Learner):
         """
         if factory is None and not pickle_model and self.model_spec is not None:
             factory, kwargs = vision_model, dict(self.model_spec)
-        return export_file.export(
-            self.model,
-            path,
-            vocab=self.dls.vocab,
-            multi_label=self.dls.multi_label,
-            factory=factory,
-            kwargs=kwargs,
-            preprocess=preprocess if preprocess is not None else self.dls.preprocess,
-            pickle_model=pickle_model,
-            thresh=self.thresh,
-        )
+        return super().export(path, factory, kwargs, preprocess, pickle_model, self.thresh)
 
 
 def _weights_kind(pretrained: Pretrained) -> tuple[str | None, Path | None]:
