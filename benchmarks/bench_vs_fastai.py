@@ -67,12 +67,31 @@ def images_per_s(loader, epochs: int) -> float:
 # ------------------------------------------------------------------------------ lrkit worker
 
 
+def lrkit_pets_loaders(seed: int):
+    """lrkit's loaders for one seed's split at the benchmark's sizes (lrkit's venv only)."""
+    from lrkit.data.pipeline import image_dataloaders
+
+    train, valid = split(seed)
+    return image_dataloaders(
+        PETS,
+        label_re=LABEL_RE,
+        train_names=train,
+        valid_names=valid,
+        presize=PRESIZE,
+        size=SIZE,
+        min_scale=MIN_SCALE,
+        bs=BS,
+        num_workers=0,
+        seed=seed,
+        stats=STATS,
+    )
+
+
 def lrkit_worker(seed: int, data_epochs: int, num_it: int | None) -> dict:
     import torch
 
     import lrkit
     from lrkit.callbacks import Callback
-    from lrkit.data.pipeline import image_dataloaders
 
     class FitTime(Callback):
         """Seconds spent inside fit (training and validation), range tests excluded."""
@@ -86,20 +105,7 @@ def lrkit_worker(seed: int, data_epochs: int, num_it: int | None) -> dict:
         def after_fit(self, learn) -> None:
             self.total += time.perf_counter() - self._start
 
-    train, valid = split(seed)
-    dls = image_dataloaders(
-        PETS,
-        label_re=LABEL_RE,
-        train_names=train,
-        valid_names=valid,
-        presize=PRESIZE,
-        size=SIZE,
-        min_scale=MIN_SCALE,
-        bs=BS,
-        num_workers=0,
-        seed=seed,
-        stats=STATS,
-    )
+    dls = lrkit_pets_loaders(seed)
     data_ips = images_per_s(dls.train, data_epochs)
     torch.manual_seed(seed)
     fit_time = FitTime()

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import lrkit
-from lrkit.data.pipeline import image_dataloaders
-from pets_common import BS, EPOCHS, LABEL_RE, MIN_SCALE, PETS, PRESIZE, SIZE, split
+from bench_vs_fastai import lrkit_pets_loaders
+from pets_common import EPOCHS
 
 # name -> (where hi comes from, factor on it, lr_mult)
 VARIANTS = {
@@ -34,19 +34,7 @@ VARIANTS = {
 
 
 def learner(seed: int) -> lrkit.Learner:
-    train, valid = split(seed)
-    dls = image_dataloaders(
-        PETS,
-        label_re=LABEL_RE,
-        train_names=train,
-        valid_names=valid,
-        presize=PRESIZE,
-        size=SIZE,
-        min_scale=MIN_SCALE,
-        bs=BS,
-        num_workers=0,
-        seed=seed,
-    )
+    dls = lrkit_pets_loaders(seed)  # the side-by-side benchmark's loaders, stats included
     torch.manual_seed(seed)
     return lrkit.vision_learner(
         dls,
