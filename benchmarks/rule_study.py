@@ -20,6 +20,10 @@ afterwards to check the revision on tasks it had not seen.
         held-out|fresh|all|T1,S2] [--rules a,b] [--cut 2.5] [--trained] [-v]
     PYTHONPATH=src .venv/bin/python benchmarks/rule_study.py verify --rule auto
 
+`--num-it N` (collect, evaluate): range tests of N steps instead of fastai's 100, smoothed as
+`lrkit.stages.short_test(N)`, cached apart, judged on the same grid: the regret of a cheaper test;
+with `--start-lr X` too, over the decades from X to 10 only, at fastai's smoothing.
+
 `--cut K` re-cuts every curve where its smoothed loss first passes K x its lowest so far (another
 divergence stop than the recorded one); `--trained` reads real runs at a suggestion where
 `verify` made them.
@@ -56,6 +60,7 @@ import lrkit  # noqa: E402
 import study_tasks  # noqa: E402
 from lrkit import suggest  # noqa: E402
 from lrkit.range_test_result import LRFindResult  # noqa: E402
+from lrkit.stages import short_test  # noqa: E402
 
 OPEN = ("T1", "T2", "T3")
 TUNING = ("T1", "T2", "T3", "S1", "S3")
@@ -67,7 +72,9 @@ TRAIN_SEEDS = (0, 1, 2)
 HALF = [10 ** (k / 2) for k in range(-10, 2)]  # 1e-5 ... 3.16
 QUARTER = [10 ** (k / 4) for k in range(-15, 0, 2)]  # 10^-3.75 ... 10^-0.25
 GRID = sorted(HALF + QUARTER)
-CURVES = tasks.RESULTS / "curves"
+CURVES = tasks.RESULTS / "curves"  # curves of NUM_IT steps; other lengths in curves/n<steps>/
+NUM_IT = 100  # the range test's length: fastai's lr_find default (--num-it for a cheaper test)
+START_LR = 1e-7  # ... and where it starts (score.py's; --start-lr for a narrower sweep)
 TRAINED = False  # evaluate --trained: read real runs at a suggestion where `verify` made them
 RUNS = tasks.RESULTS / "study_runs.jsonl"
 
@@ -106,9 +113,20 @@ def _init() -> None:
     torch.set_num_threads(1)
 
 
-def range_test(task_name: str, fseed: int) -> str:
-    """One range test exactly as score.py runs it; the whole result saved as JSON."""
-    path = CURVES / f"{task_name}_{fseed}.json"
+def curve_path(task_name: str, fseed: int, num_it: int, start_lr: float = START_LR) -> Path:
+    """Where the range test of `num_it` steps from `start_lr` for (task, finder seed) is cached."""
+    folder = CURVES / f"n{num_it}" if num_it != NUM_IT else CURVES
+    if start_lr != START_LR:
+        folder = CURVES / f"n{num_it}_from{start_lr:g}"
+    return folder / f"{task_name}_{fseed}.json"
+
+
+def range_test(task_name: str, fseed: int, num_it: int = NUM_IT, start_lr: float = START_LR) -> str:
+    """One range test as score.py runs it (score.py: 100 steps from 1e-7; a shorter one over the
+    same decades smooths as `lrkit.stages.short_test` says, one over fewer decades keeps
+    fastai's beta); the whole result saved as JSON."""
+    path = curve_path(task_name, fseed, num_it, start_lr)
+    same_range = start_lr == START_LR
     task = get_task(task_name)
     tasks.set_seed(fseed)
     model = task.make_model()
@@ -119,7 +137,13 @@ def range_test(task_name: str, fseed: int) -> str:
     )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         res = lrkit.lr_find(
-            model, dl, nn.CrossEntropyLoss(), optimizer=opt, start_lr=1e-7, end_lr=10.0, num_it=100
+            model,
+            dl,
+            nn.CrossEntropyLoss(),
+            optimizer=opt,
+            start_lr=start_lr,
+            end_lr=10.0,
+            **(short_test(num_it) if same_range else {"num_it": num_it}),
         )
     path.write_text(json.dumps(res.to_dict()))
     return str(path)
@@ -155,15 +179,17 @@ def run_jobs(jobs: list[tuple], workers: int) -> None:
             print(f"  {count}/{len(jobs)} {out}", file=sys.stderr, flush=True)
 
 
-def collect(task_names: list[str], workers: int) -> None:
-    CURVES.mkdir(parents=True, exist_ok=True)
+def collect(
+    task_names: list[str], workers: int, num_it: int = NUM_IT, start_lr: float = START_LR
+) -> None:
+    curve_path("T1", 0, num_it, start_lr).parent.mkdir(parents=True, exist_ok=True)
     for name in task_names:  # build cached task data once, before the workers start
         get_task(name)
     jobs = [
-        (range_test, t, s)
+        (range_test, t, s, num_it, start_lr)
         for t in task_names
         for s in FINDER_SEEDS
-        if not (CURVES / f"{t}_{s}.json").exists()
+        if not curve_path(t, s, num_it, start_lr).exists()
     ]
     run_jobs(jobs, workers)
     runs = load_runs()
@@ -209,10 +235,12 @@ def cut_curve(data: dict, factor: float | None) -> dict:
     return out
 
 
-def load_curves(task: str, cut: float | None = None) -> list[LRFindResult]:
+def load_curves(
+    task: str, cut: float | None = None, num_it: int = NUM_IT, start_lr: float = START_LR
+) -> list[LRFindResult]:
     return [
         LRFindResult.from_dict(
-            cut_curve(json.loads((CURVES / f"{task}_{s}.json").read_text()), cut)
+            cut_curve(json.loads(curve_path(task, s, num_it, start_lr).read_text()), cut)
         )
         for s in FINDER_SEEDS
     ]
@@ -261,11 +289,13 @@ def evaluate(
     cut: float | None,
     verbose: bool,
     ref: str = "half",
+    num_it: int = NUM_IT,
+    start_lr: float = START_LR,
 ) -> dict:
     runs = load_runs()
     rules = candidate_rules()
     names = rule_names or list(rules)
-    curves = {t: load_curves(t, cut) for t in task_names}
+    curves = {t: load_curves(t, cut, num_it, start_lr) for t in task_names}
     table = {}
     for name in names:
         per = {}
@@ -279,7 +309,8 @@ def evaluate(
     print(
         f"regret in points vs the best {'half-decade' if ref == 'half' else 'quarter-decade'} "
         f"grid lr (mean over tasks; worst and share over range tests)"
-        f"{'' if cut is None else f'; curves cut at {cut} x lowest'}"
+        f"{'' if cut is None else f'; curves cut at {cut} x lowest'}; range tests of {num_it} "
+        f"steps from {start_lr:g}"
     )
     print(header)
     for name, per in table.items():
@@ -295,9 +326,18 @@ def evaluate(
         x, y = grid_means(t, runs)
         print(
             f"{t}: best grid lr {10 ** x[np.argmin(y)]:.2e} error {y.min():.2f}  "
-            f"({len(x)} grid points) {get_task(t).desc if verbose else ''}"
+            f"({len(x)} grid points), {cost(t, curves[t]):.2f} x its training's steps"
+            f"{'  ' + get_task(t).desc if verbose else ''}"
         )
     return table
+
+
+def cost(task: str, curves: list[LRFindResult]) -> float:
+    """The range tests' mean number of steps as a fraction of one training run's steps (the
+    range test stops early when the loss diverges)."""
+    t = get_task(task)
+    steps = t.epochs * math.ceil(len(t.xtr) / t.bs)
+    return float(np.mean([len(res.lrs) for res in curves]) / steps)
 
 
 def verify(task_names: list[str], rule: str, workers: int) -> None:
@@ -333,6 +373,12 @@ def main() -> None:
     parser.add_argument("--rule", default="auto", help="verify: the rule to train")
     parser.add_argument("--cut", type=float, default=None, help="re-cut curves at K x lowest")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--num-it", type=int, default=NUM_IT, help="range-test length (collect, evaluate)"
+    )
+    parser.add_argument(
+        "--start-lr", type=float, default=START_LR, help="range-test start (collect, evaluate)"
+    )
     parser.add_argument("--trained", action="store_true", help="use real runs where there are")
     parser.add_argument(
         "--ref",
@@ -349,11 +395,10 @@ def main() -> None:
         args.tasks, [t for t in args.tasks.split(",") if t]
     )
     if args.command == "collect":
-        collect(names, args.workers)
+        collect(names, args.workers, args.num_it, args.start_lr)
     elif args.command == "evaluate":
-        evaluate(
-            names, args.rules.split(",") if args.rules else None, args.cut, args.verbose, args.ref
-        )
+        rules = args.rules.split(",") if args.rules else None
+        evaluate(names, rules, args.cut, args.verbose, args.ref, args.num_it, args.start_lr)
     else:
         verify(names, args.rule, args.workers)
 

@@ -106,7 +106,8 @@ def test_fine_tune_with_a_number_runs_no_range_test(fashion, events, tmp_path, c
     assert code == 0, captured.err
     assert [what for what, _, _ in events] == ["fit"]  # no head stage, no range test
     (stage,) = json.loads((out / "fine_tune.json").read_text())["stages"]
-    assert stage["lr"] == {"slice": [pytest.approx(2e-5), 2e-3]} and stage["rule"] is None
+    # as learn.fine_tune(base_lr=2e-3) and fastai: the unfrozen stage peaks at base_lr / 2
+    assert stage["lr"] == {"slice": [pytest.approx(1e-5), 1e-3]} and stage["rule"] is None
     assert not (out / "lr_find_unfrozen.png").exists()
 
 
@@ -129,6 +130,13 @@ def test_auto_with_frozen_epochs_runs_the_library_auto_plan_in_both_commands(
     fashion, events, tmp_path, monkeypatch, capsys, command
 ):
     monkeypatch.setattr(LRFindResult, "require", lambda self, rule="auto": 1e-3)  # readable
+    peaks, fit_one_cycle = [], Learner.fit_one_cycle
+
+    def spy_peak(self, n_epoch, lr_max, *args, **kwargs):
+        peaks.append((lr_max, kwargs))
+        return fit_one_cycle(self, n_epoch, lr_max, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "fit_one_cycle", spy_peak)
     out = tmp_path / command
     argv = [command, *fashion, "--freeze-epochs", "1", "--epochs", "1", "--lr", "auto",
             "--out", str(out), "--json"]  # fmt: skip
@@ -136,10 +144,14 @@ def test_auto_with_frozen_epochs_runs_the_library_auto_plan_in_both_commands(
     # one range test (the head's), as learn.fine_tune(base_lr="auto"); no test after unfreezing
     assert [what for what, _, _ in events] == ["lr_find", "fit", "fit"]
     end_lrs = events[-1][2]
-    assert end_lrs[-1] / end_lrs[0] == pytest.approx(10)  # auto's spread, not 100
+    assert end_lrs[-1] / end_lrs[0] == pytest.approx(100)  # fastai's spread ...
+    (head, head_options), (body, body_options) = peaks
+    assert head == 1e-3 and head_options["pct_start"] == 0.99
+    assert body == slice(pytest.approx(5e-6), pytest.approx(5e-4))  # ... from auto's rate / 2
+    assert (body_options["pct_start"], body_options["div"]) == (0.3, 5.0)
     assert not list(out.glob("lr_find_*.png"))[1:]  # one range-test plot
     record = json.loads((out / f"{command.replace('-', '_')}.json").read_text())
-    assert record["config"]["lr_mult"] == 10
+    assert record["config"]["lr_mult"] == 100
 
 
 def test_an_untrustworthy_suggestion_stops_before_training(

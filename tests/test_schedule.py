@@ -10,6 +10,7 @@ import pytest
 from lrkit.schedule import (
     cos_anneal,
     group_lrs,
+    lr_text,
     one_cycle_lr,
     one_cycle_mom,
     progress,
@@ -106,3 +107,10 @@ def test_one_cycle_mom_runs_opposite():
 def test_progress_counts_steps_done():
     assert [progress(i, 5) for i in range(5)] == [0.0, 0.2, 0.4, 0.6, 0.8]
     assert progress(0, 1) == 0.0
+
+
+def test_every_kind_of_rate_reads_as_text():
+    assert lr_text(1e-3) == "1.00e-03"
+    assert lr_text(slice(2e-3)) == "slice(2.00e-03)"  # fine_tune's head stage, as fastai
+    assert lr_text(slice(1e-5, 1e-3)) == "slice(1.00e-05, 1.00e-03)"
+    assert lr_text([1e-4, 1e-3]) == "[1.00e-04, 1.00e-03]"

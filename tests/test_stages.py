@@ -20,12 +20,22 @@ def make_learner() -> Learner:
                    progress=False)  # fmt: skip
 
 
-def test_the_plan_for_a_number_a_rule_and_no_head_epochs():
+def test_the_plan_for_a_number_is_fastais_fine_tune():
+    # fastai 2.8: fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99); base_lr /= 2;
+    # unfreeze; fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=0.3, div=5)
     frozen, unfrozen = fine_tune_plan(3, 1e-2, freeze_epochs=2, lr_mult=50)
-    assert frozen == Stage("frozen", 2, 1e-2, freeze=True)
-    assert unfrozen.lr == slice(1e-2 / 50, 1e-2) and unfrozen.freeze is False
+    assert frozen == Stage("frozen", 2, slice(1e-2), freeze=True, pct_start=0.99)
+    assert frozen.one_cycle == {"pct_start": 0.99}
+    assert unfrozen.lr == slice(5e-3 / 50, 5e-3) and unfrozen.freeze is False
+    assert unfrozen.one_cycle == {"pct_start": 0.3, "div": 5.0}
+    assert fine_tune_plan(3, 1e-2, pct_start=0.5, div=10)[1].one_cycle == {"pct_start": 0.5,
+                                                                           "div": 10}  # fmt: skip
+
+
+def test_the_plan_for_a_rule_and_no_head_epochs():
     _, by_rule = fine_tune_plan(1, "valley", 1, 100)
-    assert by_rule == Stage("unfrozen", 1, "valley", freeze=False, lr_mult=100)
+    assert by_rule == Stage("unfrozen", 1, "valley", freeze=False, lr_mult=100, pct_start=0.3,
+                            div=5.0)  # fmt: skip
     assert [stage.name for stage in fine_tune_plan(1, 1e-3, freeze_epochs=0)] == ["unfrozen"]
     with pytest.raises(ValueError, match="lr_mult must be >= 1"):
         fine_tune_plan(1, 1e-3, lr_mult=0.5)
@@ -70,9 +80,11 @@ def test_learner_fine_tune_with_a_rule_tests_before_each_stage(monkeypatch):
 
 def test_auto_plans_one_range_test_and_the_spread_from_the_heads_rate():
     frozen, unfrozen = fine_tune_plan(4, "auto")
-    assert frozen == Stage("frozen", 1, "auto", freeze=True, num_it=stages.AUTO_NUM_IT)
-    assert unfrozen.from_previous == stages.AUTO_UNFROZEN
-    assert unfrozen.lr_mult == stages.AUTO_LR_MULT and unfrozen.freeze is False
+    assert frozen == Stage("frozen", 1, "auto", freeze=True, num_it=stages.AUTO_NUM_IT,
+                           pct_start=0.99)  # fmt: skip
+    assert unfrozen.from_previous == 0.5  # fastai's base_lr / 2 ...
+    assert unfrozen.lr_mult == 100 and unfrozen.freeze is False  # ... and spread 100
+    assert unfrozen.one_cycle == {"pct_start": 0.3, "div": 5.0}
     assert fine_tune_plan(4, "auto", lr_mult=30)[1].lr_mult == 30
     (only,) = fine_tune_plan(2, "auto", freeze_epochs=0)  # no head rate: a range test instead
     assert only.from_previous is None and only.lr == "auto"
@@ -93,8 +105,8 @@ def test_fine_tune_auto_trains_the_body_at_a_spread_of_the_heads_rate(monkeypatc
     assert seen == [(2, 100)]  # one range test, on the frozen body (the caller's num_it wins)
     assert head.group_lrs[-1] == head.range_test.suggest("auto")
     assert body.range_test is None
-    assert body.group_lrs[-1] == pytest.approx(stages.AUTO_UNFROZEN * head.group_lrs[-1])
-    assert body.group_lrs[-1] / body.group_lrs[0] == pytest.approx(stages.AUTO_LR_MULT)
+    assert body.group_lrs[-1] == pytest.approx(0.5 * head.group_lrs[-1])
+    assert body.group_lrs[-1] / body.group_lrs[0] == pytest.approx(100)
 
 
 def test_fit_one_cycle_auto_on_an_unfrozen_learner_tests_and_trains_with_the_spread(monkeypatch):
@@ -117,3 +129,12 @@ def test_fit_one_cycle_auto_on_an_unfrozen_learner_tests_and_trains_with_the_spr
     learn.fit_one_cycle(1, "auto")
     assert len(ratios) == 2
     assert len({group["lr"] for group in learn.opt.param_groups}) == 1
+
+
+def test_fine_tune_passes_its_range_test_options_on_and_returns_what_each_stage_trained_at():
+    learn = make_learner()
+    head, body = learn.fine_tune(1, "auto", **stages.QUICK_RANGE_TEST)
+    assert len(head.range_test.lrs) <= stages.QUICK_RANGE_TEST["num_it"]
+    assert head.range_test.start_lr == stages.QUICK_RANGE_TEST["start_lr"]
+    assert head.group_lrs[-1] == head.range_test.suggest("auto")
+    assert body.range_test is None and body.group_lrs[-1] == pytest.approx(0.5 * head.group_lrs[-1])

@@ -37,7 +37,7 @@ from lrkit.metrics import error_rate
 from lrkit.models.hub import PACKAGED, imagenet_weights
 from lrkit.range_test_result import LRFindResult, UnusableCurveError
 from lrkit.report import Report, plural, rich_table
-from lrkit.schedule import LrSpec
+from lrkit.schedule import LrSpec, lr_text
 from lrkit.stages import Stage, StageResult, fine_tune_plan, run_stages
 from lrkit.vision import VisionLearner, vision_learner
 from lrkit.vision.interpret import ClassificationInterpretation
@@ -246,7 +246,7 @@ def run_pets(
     if comparison.interrupted:
         raise KeyboardInterrupt
 
-    console.rule("Pets 4. fine_tune(base_lr='auto'): head at auto, unfreeze, slice(hi2/10, hi2)")
+    console.rule("Pets 4. fine_tune(base_lr='auto'): head at auto, unfreeze, slice(hi2/100, hi2)")
     plan = fine_tune_plan(sizes.unfrozen_epochs, "auto", sizes.head_epochs)
     plan[0] = replace(plan[0], lr=head_lr)  # the frozen range test above already chose it
     errors: dict[str, float | None] = {}
@@ -288,7 +288,7 @@ def _stages(
             shown.plot(out / f"pets_lr_find_{stage.name}.png")
             print_range_test(console, shown, "range test after unfreezing (shown, not used)")
         label_epoch_table(learn, f"stage {stage.name}, lr {lr_text(lr)}")
-        learn.fit_one_cycle(stage.epochs, lr)
+        learn.fit_one_cycle(stage.epochs, lr, **stage.one_cycle)
         errors[stage.name] = last_error(learn)
 
     def on_range_test(stage: Stage, found: LRFindResult) -> None:
@@ -298,15 +298,6 @@ def _stages(
     yield from run_stages(
         learn, plan, fit=fit, on_range_test=on_range_test, num_it=num_it, progress=False
     )
-
-
-def lr_text(lr: LrSpec) -> str:
-    """A learning rate as the report shows it: 1.00e-03, or slice(1.00e-05, 1.00e-03)."""
-    if isinstance(lr, slice):
-        return f"slice({lr.start:.2e}, {lr.stop:.2e})"
-    if isinstance(lr, (list, tuple)):
-        return "[" + ", ".join(f"{v:.2e}" for v in lr) + "]"
-    return f"{lr:.2e}"
 
 
 def _stop(console: Console, report: Report, pets: dict[str, Any], error: Exception) -> None:
@@ -345,14 +336,14 @@ def _fine_tune_section(
     report: Report,
     out: Path,
 ) -> None:
-    report.heading("Pets 4. Fine-tuning: the head at auto, then everything at slice(hi2/10, hi2)")
+    report.heading("Pets 4. Fine-tuning: the head at auto, then everything at slice(hi2/100, hi2)")
     for result in results:
         for note in result.range_test.warnings if result.range_test else []:
             report.paragraph(f"Warning about the range test before {result.name}: {note}")
     rows = [["stage", "epochs", "lr", "from", "error rate after"]]
     for result in results:
         source = (
-            "the head's rate x 0.5, spread 10 (lrkit.stages.auto_plan)"
+            "the head's rate x 0.5, spread 100, as fastai (lrkit.stages.auto_plan)"
             if result.range_test is None and result.name == "unfrozen"
             else f"{result.rule}, range test just before"
             if result.rule

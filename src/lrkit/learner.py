@@ -32,7 +32,7 @@ from lrkit.optimizers import OptFactory, make_optimizer, momentum_of, set_hypers
 from lrkit.prediction import Prediction, as_tensor, predict_tensor
 from lrkit.range_test_result import LRFindResult, RepeatedLRFind
 from lrkit.schedule import LrSpec, check_lr, group_lrs, one_cycle_lr, one_cycle_mom
-from lrkit.stages import LR_MULT, Stage, fine_tune_plan, rule_lr, run_stages
+from lrkit.stages import DIV, PCT_START, Stage, StageResult, fine_tune_plan, rule_lr, run_stages
 from lrkit.step import TrainStep, autocast_dtype
 from lrkit.summary import summarize
 
@@ -207,38 +207,31 @@ class Learner:
         base_lr: float | str = 2e-3,
         freeze_epochs: int = 1,
         lr_mult: float | None = None,
-        pct_start: float = 0.3,
-        div: float = 5.0,
+        pct_start: float = PCT_START,
+        div: float = DIV,
         cbs: Sequence[Callback] = (),
-    ) -> None:
+        **range_test: Any,
+    ) -> list[StageResult]:
         """fastai's recipe: train the head with the body frozen, then all groups at sliced lrs.
 
-        `base_lr` a rule name ("auto", "valley", ...): a range test before each stage, the head
-        at its suggestion hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test
-        (`lrkit.stages.fine_tune_plan`; default one-cycle settings); "auto" chooses the head's
-        rate and the spread itself (`lrkit.stages.auto_plan`). `lr_mult` None: 100, or the auto
-        plan's own. Raises UnusableCurveError (a ValueError) before training at a NaN suggestion.
+        A number: the head at `base_lr` (one cycle, pct_start 0.99), then every group at
+        slice(hi / lr_mult, hi) with hi = base_lr / 2 (`pct_start`, `div`), as fastai 2.8.
+        A rule name ("valley", ...): a range test before each stage, the head at its suggestion
+        hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test. "auto": one range test
+        on the frozen body and fastai's steps from its rate (`lrkit.stages.auto_plan`, where the
+        choice is measured). `lr_mult` None: 100. `range_test` goes to each `lr_find` (num_it,
+        start_lr, ...; `lrkit.stages.QUICK_RANGE_TEST` is a cheaper one). Returns what each
+        stage trained at (`lrkit.stages.StageResult`). Raises ValueError for a bad rate and
+        UnusableCurveError (a ValueError) before training at a NaN suggestion.
         """
-        if isinstance(base_lr, str):
+        if not isinstance(base_lr, str):
+            check_lr(base_lr, "base_lr")  # before freezing: a bad rate changes nothing
+        plan = fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult, pct_start, div)
 
-            def fit(learn: Learner, stage: Stage, lr: LrSpec) -> None:
-                learn.fit_one_cycle(stage.epochs, lr, cbs=cbs)
+        def fit(learn: Learner, stage: Stage, lr: LrSpec) -> None:
+            learn.fit_one_cycle(stage.epochs, lr, cbs=cbs, **stage.one_cycle)
 
-            for _ in run_stages(self, fine_tune_plan(epochs, base_lr, freeze_epochs, lr_mult), fit):
-                pass  # each stage trains as the loop asks for it
-            return
-        check_lr(base_lr, "base_lr")  # before freezing: a bad rate changes nothing
-        if freeze_epochs > 0:
-            self.freeze()
-            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, cbs=cbs)
-            if self.interrupted or self.diverged:
-                return
-        base_lr /= 2
-        lr_mult = LR_MULT if lr_mult is None else lr_mult
-        self.unfreeze()
-        self.fit_one_cycle(
-            epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, cbs=cbs
-        )
+        return list(run_stages(self, plan, fit, **range_test))
 
     # ----------------------------------------------------------------- the loop
 

@@ -23,6 +23,18 @@ from numbers import Real
 LrSpec = float | slice | Sequence[float]
 
 
+def lr_text(lr: LrSpec) -> str:
+    """A learning rate as people read it: 1.00e-03, slice(1.00e-03) (fastai's: the last group
+    at 1e-3, the others a tenth of it), slice(1.00e-05, 1.00e-03), or [1.00e-04, 1.00e-03]."""
+    if isinstance(lr, slice):
+        if lr.start is None:
+            return f"slice({lr.stop:.2e})"
+        return f"slice({lr.start:.2e}, {lr.stop:.2e})"
+    if isinstance(lr, (list, tuple)):
+        return "[" + ", ".join(f"{value:.2e}" for value in lr) + "]"
+    return f"{lr:.2e}"
+
+
 def check_lr(value: object, what: str) -> float:
     """A learning rate must be a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, Real):

@@ -27,14 +27,24 @@ from lrkit.schedule import LrSpec, group_lrs
 if TYPE_CHECKING:
     from lrkit.learner import Learner
 
+# fastai's fine_tune (fastai 2.8, learner.fine_tune): the head one-cycle with pct_start 0.99,
+# then base_lr / 2 spread as slice(base_lr / 2 / 100, base_lr / 2), pct_start 0.3, div 5.
 LR_MULT = 100.0  # fine_tune's ratio between the last layer group's rate and the first's
+UNFROZEN = 0.5  # the unfrozen stage peaks at this x the head stage's rate
+HEAD_PCT_START = 0.99  # the frozen stage's one-cycle warm-up share
+PCT_START, DIV = 0.3, 5.0  # the unfrozen stage's one-cycle warm-up share and start = peak / div
 
-# `auto` in fine_tune / fit_one_cycle (see `auto_plan` for the reasoning; measured against
-# fastai by benchmarks/bench_vs_fastai.py, README "Pets").
+# `auto` (see `auto_plan` and `rule_lr` for the reasoning; measured by
+# benchmarks/finetune_design.py and against fastai by benchmarks/bench_vs_fastai.py).
 AUTO_NUM_IT = 100  # range-test steps, as fastai's lr_find (shorter: pass num_it; see short_test)
 SMOOTHING, SMOOTHING_STEPS = 0.98, 100  # lr_find's beta and num_it defaults (short_test)
-AUTO_UNFROZEN = 0.5  # the unfrozen stage peaks at this x the head stage's rate
-AUTO_LR_MULT = 10.0  # ... and spreads it as slice(hi / AUTO_LR_MULT, hi)
+AUTO_LR_MULT = 10.0  # fit_one_cycle(n, "auto") on an unfrozen body: slice(hi / 10, hi)
+# The cheaper range test (`lr_find(**QUICK_RANGE_TEST)`, `fine_tune(..., **QUICK_RANGE_TEST)`):
+# 40 % fewer steps at lr_find's resolution (12 steps per decade, as 100 steps over 1e-7 ... 10),
+# over the decades where heads and from-scratch training find their rate. Regret of `auto`
+# (benchmarks/rule_study.py, 11 tasks x 5 range tests): +0.53 points against +0.39 for
+# lr_find's 100 steps; the same 60 steps over 1e-7 ... 10 leave curves still falling (NaN).
+QUICK_RANGE_TEST = {"num_it": 60, "start_lr": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,14 @@ class Stage:
     from_previous: float | None = None  # with a rule: hi = this x the previous stage's hi, and
     # no range test (the stage before must have found its hi from a rule)
     num_it: int | None = None  # the range test's length, unless the caller sets num_it
+    pct_start: float | None = None  # one-cycle warm-up share (None: fit_one_cycle's default)
+    div: float | None = None  # one-cycle start rate = peak / div (None: fit_one_cycle's default)
+
+    @property
+    def one_cycle(self) -> dict[str, float]:
+        """The one-cycle options this stage sets, for `fit_one_cycle(epochs, lr, **...)`."""
+        options = {"pct_start": self.pct_start, "div": self.div}
+        return {key: value for key, value in options.items() if value is not None}
 
     @property
     def range_test(self) -> bool:
@@ -90,34 +108,44 @@ class StageResult:
 
 
 def fine_tune_plan(
-    epochs: int, lr: LrSpec | str, freeze_epochs: int = 1, lr_mult: float | None = None
+    epochs: int,
+    lr: LrSpec | str,
+    freeze_epochs: int = 1,
+    lr_mult: float | None = None,
+    pct_start: float = PCT_START,
+    div: float = DIV,
 ) -> list[Stage]:
-    """fastai's fine_tune as stages: "frozen" (head only, `freeze_epochs`, skipped when 0), then
-    "unfrozen" (all groups, `epochs`).
+    """fastai's fine_tune as stages: "frozen" (head only, `freeze_epochs`, skipped when 0, one
+    cycle with pct_start HEAD_PCT_START), then "unfrozen" (all groups, `epochs`, one cycle with
+    `pct_start` and `div`).
 
-    A number trains the head at `lr` and then all groups at slice(lr / lr_mult, lr); a slice or
-    list is used as given. A rule name gets a range test before each stage: the frozen stage
+    A number trains the head at slice(lr) (the frozen groups' BatchNorm layers at lr / 10) and
+    then all groups at slice(hi / lr_mult, hi) with hi = UNFROZEN x lr, as fastai does; a slice
+    or list is used as given. A rule name gets a range test before each stage: the frozen stage
     trains at its suggestion hi, the unfrozen one at slice(hi2 / lr_mult, hi2) from a new test.
-    "auto" is `auto_plan`: one range test, the spread from a fixed rule. `lr_mult` None:
-    LR_MULT (fastai's 100), or AUTO_LR_MULT for "auto".
+    "auto" is `auto_plan`: one range test, fastai's steps from its rate. `lr_mult` None:
+    LR_MULT (fastai's 100).
     Raises ValueError for epochs < 1, freeze_epochs < 0 or lr_mult < 1.
     """
     if epochs < 1 or freeze_epochs < 0:
         raise ValueError(f"need epochs >= 1 and freeze_epochs >= 0, got {epochs}, {freeze_epochs}")
     if lr == "auto":
-        return auto_plan(epochs, freeze_epochs, lr_mult)
-    lr_mult = default_lr_mult(lr) if lr_mult is None else _check_mult(lr_mult)
-    plan = [Stage("frozen", freeze_epochs, lr, freeze=True)] if freeze_epochs else []
+        return auto_plan(epochs, freeze_epochs, lr_mult, pct_start, div)
+    lr_mult = LR_MULT if lr_mult is None else _check_mult(lr_mult)
+    head = slice(lr) if isinstance(lr, (int, float)) else lr  # fastai: slice(base_lr)
+    plan = [head_stage(freeze_epochs, head)] if freeze_epochs else []
+    schedule = {"freeze": False, "pct_start": pct_start, "div": div}
     if isinstance(lr, (int, float)):
-        plan.append(Stage("unfrozen", epochs, slice(lr / lr_mult, lr), freeze=False))
+        hi = UNFROZEN * lr
+        plan.append(Stage("unfrozen", epochs, slice(hi / lr_mult, hi), **schedule))
     else:
-        plan.append(Stage("unfrozen", epochs, lr, freeze=False, lr_mult=lr_mult))
+        plan.append(Stage("unfrozen", epochs, lr, lr_mult=lr_mult, **schedule))
     return plan
 
 
-def default_lr_mult(lr: LrSpec | str) -> float:
-    """The spread fine_tune uses when none is given: AUTO_LR_MULT for "auto", else LR_MULT."""
-    return AUTO_LR_MULT if lr == "auto" else LR_MULT
+def head_stage(epochs: int, lr: LrSpec | str, **options: Any) -> Stage:
+    """fine_tune's first stage: the body frozen, one cycle warming up for HEAD_PCT_START of it."""
+    return Stage("frozen", epochs, lr, freeze=True, pct_start=HEAD_PCT_START, **options)
 
 
 def _check_mult(lr_mult: float) -> float:
@@ -128,32 +156,40 @@ def _check_mult(lr_mult: float) -> float:
     return float(lr_mult)
 
 
-def auto_plan(epochs: int, freeze_epochs: int = 1, lr_mult: float | None = None) -> list[Stage]:
-    """`fine_tune(epochs, "auto")`: the head's rate from one range test, the spread from a rule.
+def auto_plan(
+    epochs: int,
+    freeze_epochs: int = 1,
+    lr_mult: float | None = None,
+    pct_start: float = PCT_START,
+    div: float = DIV,
+) -> list[Stage]:
+    """`fine_tune(epochs, "auto")`: fastai's fine_tune at the `auto` rate of one range test.
 
     1. "frozen": a range test of AUTO_NUM_IT steps on the frozen body; the head trains at its
-       `auto` suggestion hi (one-cycle, `freeze_epochs`).
-    2. "unfrozen": every group at slice(hi2 / AUTO_LR_MULT, hi2) with hi2 = AUTO_UNFROZEN x hi,
-       and no second range test.
+       `auto` suggestion hi (one cycle, pct_start HEAD_PCT_START, `freeze_epochs`).
+    2. "unfrozen": every group at slice(hi2 / LR_MULT, hi2) with hi2 = UNFROZEN x hi (fastai's
+       hi / 2 and spread 100), one cycle with `pct_start` and `div`; no second range test.
 
     Why no second range test: after unfreezing, the curve of the whole network stays flat
     until the body's rates are large enough to wreck its ImageNet features, so its suggestion
     says little about the rate that fine-tunes best (fastbook's warning), and on small data it
-    costs several times the training it serves (Pets sample: 100 range-test steps against 10
-    training steps). hi2 = hi / 2 is fastai's own step from the head stage to the unfrozen one;
-    the spread 10 (fastai: 100) lets the body move in a fine-tune of a few epochs. Both are
-    choices, not yet fitted: benchmarks/finetune_design.py measures the alternatives (a second
-    range test, spreads 3/10/100, hi/2 or hi/5) but did not finish on the shared 2-core
-    machine; benchmarks/bench_vs_fastai.py measures the plan against fastai (README "Pets").
+    costs more than the training it serves (Pets sample: 100 range-test steps against 12
+    training steps).
+    Measured (benchmarks/finetune_design.py, Pets sample, 3 seeds, validation error after the
+    unfrozen stage from the same head): hi/2 spread 100 was best or tied with a second range
+    test at spread 10 on every seed; hi/5 spread 10 was 5-10 points worse, and hi/2 or hi at
+    spreads 3 or 10 (the body at >= 2e-3) wrecked the body's features (81-98 % error). README
+    "Pets" has the table and the side-by-side run against fastai.
     Without head epochs (freeze_epochs=0) there is no head rate to start from: one range test
     on the unfrozen learner with the spread applied (`stage_lr`).
     """
-    mult = default_lr_mult("auto") if lr_mult is None else _check_mult(lr_mult)
+    mult = LR_MULT if lr_mult is None else _check_mult(lr_mult)
+    schedule = {"freeze": False, "lr_mult": mult, "pct_start": pct_start, "div": div}
     if not freeze_epochs:
-        return [Stage("unfrozen", epochs, "auto", freeze=False, lr_mult=mult, num_it=AUTO_NUM_IT)]
+        return [Stage("unfrozen", epochs, "auto", num_it=AUTO_NUM_IT, **schedule)]
     return [
-        Stage("frozen", freeze_epochs, "auto", freeze=True, num_it=AUTO_NUM_IT),
-        Stage("unfrozen", epochs, "auto", freeze=False, lr_mult=mult, from_previous=AUTO_UNFROZEN),
+        head_stage(freeze_epochs, "auto", num_it=AUTO_NUM_IT),
+        Stage("unfrozen", epochs, "auto", from_previous=UNFROZEN, **schedule),
     ]
 
 
@@ -208,15 +244,15 @@ def rule_lr(
     """
     if rule != "auto":
         return stage_lr(learn, rule, **range_test)[0]
-    mult = default_lr_mult("auto") if lr_mult is None else _check_mult(lr_mult)
+    mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
     if "num_it" not in range_test:
         range_test = {**short_test(AUTO_NUM_IT), **range_test}
     return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **range_test)[0]
 
 
 def one_cycle(learn: Learner, stage: Stage, lr: LrSpec) -> None:
-    """The default way to train a stage: `fit_one_cycle(stage.epochs, lr)`."""
-    learn.fit_one_cycle(stage.epochs, lr)
+    """The default way to train a stage: `fit_one_cycle(stage.epochs, lr)` with its options."""
+    learn.fit_one_cycle(stage.epochs, lr, **stage.one_cycle)
 
 
 def run_stages(

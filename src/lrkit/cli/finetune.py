@@ -52,7 +52,7 @@ from lrkit.cli.setup import (
 from lrkit.finder import RangeTestInterrupted
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
-from lrkit.stages import Stage, StageResult, default_lr_mult, fine_tune_plan, run_stages
+from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
 from lrkit.vision.learner import VisionLearner
 
 
@@ -83,7 +83,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "--lr-mult",
         type=LR_MULTIPLIER,
         default=None,
-        help="last group's rate / first group's (default 100; 10 with --lr auto)",
+        help="last group's rate / first group's (default 100, as fastai)",
     )
     parser.set_defaults(run=run_fine_tune)
 
@@ -102,7 +102,7 @@ def train_in_stages(
         # one CSV for all stages: each appends below the one before, a stage column apart
         logger = CSVLogger(args.out / "metrics.csv", append=bool(done), stage=stage.name)
         if getattr(args, "schedule", "one-cycle") == "one-cycle":
-            learn.fit_one_cycle(stage.epochs, lr, cbs=[logger])
+            learn.fit_one_cycle(stage.epochs, lr, cbs=[logger], **stage.one_cycle)
         else:
             learn.fit(stage.epochs, lr, cbs=[logger])
 
@@ -224,7 +224,7 @@ def run_fine_tune(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         epochs=args.epochs,
         freeze_epochs=args.freeze_epochs,
         lr=lr,
-        lr_mult=args.lr_mult or default_lr_mult(lr),
+        lr_mult=args.lr_mult or LR_MULT,
         num_it=args.num_it,
         start_lr=args.start_lr,
         end_lr=args.end_lr,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from lrkit.schedule import LrSpec
+from lrkit.schedule import LrSpec, lr_text
 
 LOG_WIDTH = 200  # columns a table may take in a pipe or a log file (text is never wrapped)
 SHOWN_CLASSES = 10  # class names listed after loading; the rest are counted
@@ -78,10 +78,8 @@ class Heartbeat:
 
 
 def describe_lr(lr: LrSpec) -> str | float:
-    """A learning rate for people: 3e-3, or slice(1.00e-05, 1.00e-03)."""
-    if isinstance(lr, slice):
-        return f"slice({lr.start:.2e}, {lr.stop:.2e})"
-    return lr if isinstance(lr, float) else str(lr)
+    """A learning rate for a JSON record: a number as it is, anything else as `lr_text`."""
+    return lr if isinstance(lr, float) else lr_text(lr)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

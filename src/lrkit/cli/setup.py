@@ -25,7 +25,7 @@ from lrkit.config import DATA
 from lrkit.data.dataloaders import DataLoaders
 from lrkit.datasets import fashion_mnist, pets
 from lrkit.metrics import accuracy_multi, error_rate
-from lrkit.stages import default_lr_mult
+from lrkit.stages import LR_MULT
 from lrkit.vision import (
     JunkWarning,
     VisionLearner,
@@ -153,7 +153,7 @@ def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
         pretrained = resolved_pretrained(args)
         config["pretrained"] = "none" if pretrained is False else str(pretrained)
     if "lr_mult" in config and config["lr_mult"] is None:
-        config["lr_mult"] = default_lr_mult(config.get("lr"))
+        config["lr_mult"] = LR_MULT
     config["device"] = str(pick_device(args.device))
     return config
 

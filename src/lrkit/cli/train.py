@@ -71,7 +71,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         type=LR_MULTIPLIER,
         default=None,
         help="with a rule and --freeze-epochs: after unfreezing, slice(hi / LR_MULT, hi) "
-        "(default 100; 10 with --lr auto)",
+        "(default 100, as fastai)",
     )
     train.set_defaults(run=run_train)
 
