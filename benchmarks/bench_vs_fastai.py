@@ -25,6 +25,7 @@ the seed-to-seed standard deviation, and the lrkit/fastai ratios.
     bash benchmarks/setup_peers.sh          # once: /work/peers-venv (override: PEERS_VENV)
     PYTHONPATH=src python benchmarks/bench_vs_fastai.py --seeds 0 1 2 --json out.json
     PYTHONPATH=src python benchmarks/bench_vs_fastai.py --table out.json   # the table again
+    PYTHONPATH=src python benchmarks/bench_vs_fastai.py --rerun-lrkit out.json  # after a change
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from pets_common import (
 HERE = Path(__file__).resolve().parent
 DEFAULT_PEERS = Path(os.environ.get("PEERS_VENV", "/work/peers-venv")) / "bin" / "python"
 STATS = ([0.5] * 3, [0.5] * 3)  # the normalisation the EfficientNet-Lite weights expect
-PATHS = ("lrkit auto", "lrkit quick", "fastai valley", "fastai 2e-3")
 LRKIT, FASTAI = "lrkit auto", "fastai valley"  # each library's default path
 
 
@@ -263,7 +263,9 @@ def table(rows: list[dict]) -> str:
         f"{'path':15s} {'error %':>14s} {'per seed':>20s} {'range test s':>14s} "
         f"{'training s':>14s} {'total s':>14s}",
     ]
-    for path in PATHS:
+    paths = [key for key, value in rows[0].items() if isinstance(value, dict)]
+    paths.sort(key=lambda path: (not path.startswith("lrkit"), path))
+    for path in paths:
         err = per_seed(rows, lambda row, p=path: 100 * row[p]["error"])
         rt = per_seed(rows, lambda row, p=path: row[p]["range_test_s"])
         tr = per_seed(rows, lambda row, p=path: row[p]["train_s"])
@@ -273,7 +275,9 @@ def table(rows: list[dict]) -> str:
             f"{spread(rt):>14s} {spread(tr):>14s} {spread(tot):>14s}"
         )
     lines.append("")
-    for path in PATHS[1:]:
+    for path in paths:
+        if path == LRKIT:
+            continue
         diff = per_seed(rows, lambda row, p=path: 100 * (row[p]["error"] - row[LRKIT]["error"]))
         lines.append(
             f"error, {path} - lrkit auto (points, paired by seed): {spread(diff)} "
@@ -283,10 +287,11 @@ def table(rows: list[dict]) -> str:
     def total(path: str):
         return per_seed(rows, lambda row: row[path]["range_test_s"] + row[path]["train_s"])
 
-    for path in PATHS[:2]:
+    ours = [path for path in paths if path.startswith("lrkit")]
+    for path in ours:
         ratio = [a / b for a, b in zip(total(path), total(FASTAI), strict=True)]
         lines.append(f"wall time of the whole workflow, {path} / {FASTAI}: {spread(ratio)}")
-    for path in (*PATHS[:2], FASTAI):
+    for path in (*ours, FASTAI):
         fraction = per_seed(rows, lambda row, p=path: row[p]["range_test_s"] / row[p]["train_s"])
         lines.append(f"range test / the training it serves, {path}: {spread(fraction)}")
     lk_ips = per_seed(rows, lambda row: row["lrkit data_images_per_s"])
@@ -298,6 +303,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of an lrkit worker: this checkout's src and benchmarks on the path."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE.parent / "src"), str(HERE), env.get("PYTHONPATH", "")]
+    )
+    return env
+
+
+def rerun_lrkit(args: argparse.Namespace) -> int:
+    """lrkit's side again on every (seed, half) of a saved run, after a change to lrkit."""
+    record = json.loads(args.rerun_lrkit.read_text())
+    for row in record["rows"]:
+        for key in [k for k in row if k.startswith("lrkit") and not k.endswith(args.kept_as)]:
+            row[key + args.kept_as] = row.pop(key)
+        worker_args = ["--worker", "lrkit", "--seed", str(row["seed"]), "--half", str(row["half"])]
+        worker_args += ["--data-epochs", str(args.data_epochs), "--threads", str(args.threads)]
+        out = run_worker(sys.executable, worker_args, worker_env(args.threads))
+        row["lrkit data_images_per_s"] = out.pop("data_images_per_s")
+        row.update(out)
+        print(f"seed {row['seed']} half {row['half']} lrkit: {json.dumps(out)}", flush=True)
+        args.rerun_lrkit.write_text(json.dumps(record, indent=1))
+    print(table(record["rows"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -306,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both sides")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--table", type=Path, default=None, help="print the table of a --json")
+    parser.add_argument(
+        "--rerun-lrkit",
+        type=Path,
+        default=None,
+        help="run lrkit's side again for every run of this --json file (fastai's is kept); the "
+        "earlier lrkit numbers stay beside them, their names ending in --kept-as",
+    )
+    parser.add_argument("--kept-as", default=", before", help="see --rerun-lrkit")
     parser.add_argument("--worker", choices=["lrkit", "fastai"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--half", type=int, default=0, help=argparse.SUPPRESS)
@@ -335,14 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table(json.loads(args.table.read_text())["rows"]))
         return 0
+    if args.rerun_lrkit:
+        return rerun_lrkit(args)
     if not Path(args.peers_python).exists():
         raise SystemExit(
             f"no fastai venv at {args.peers_python}: run benchmarks/setup_peers.sh first"
         )
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE.parent / "src"), str(HERE), env.get("PYTHONPATH", "")]
-    )
+    env = worker_env(args.threads)
     peers_env = {**env, "PYTHONPATH": str(HERE)}  # the peers venv never sees lrkit
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -365,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ]
             row: dict = {"seed": seed, "half": half}
-            for name, python, worker_args, worker_env in jobs if i % 2 == 0 else jobs[::-1]:
-                out = run_worker(python, worker_args, worker_env)
+            for name, python, worker_args, job_env in jobs if i % 2 == 0 else jobs[::-1]:
+                out = run_worker(python, worker_args, job_env)
                 row[f"{name} data_images_per_s"] = out.pop("data_images_per_s")
                 row.update(out)
                 print(f"seed {seed} half {half} {name}: {json.dumps(out)}", flush=True)

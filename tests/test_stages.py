@@ -80,8 +80,8 @@ def test_learner_fine_tune_with_a_rule_tests_before_each_stage(monkeypatch):
 
 def test_auto_plans_one_range_test_and_the_spread_from_the_heads_rate():
     frozen, unfrozen = fine_tune_plan(4, "auto")
-    assert frozen == Stage("frozen", 1, "auto", freeze=True, num_it=stages.AUTO_NUM_IT,
-                           pct_start=0.99)  # fmt: skip
+    assert frozen == Stage("frozen", 1, "auto", freeze=True, pct_start=0.99,
+                           test_options={"num_it": 100, "hold_frozen": True})  # fmt: skip
     assert unfrozen.from_previous == 0.5  # fastai's base_lr / 2 ...
     assert unfrozen.lr_mult == 100 and unfrozen.freeze is False  # ... and spread 100
     assert unfrozen.one_cycle == {"pct_start": 0.3, "div": 5.0}
@@ -97,12 +97,13 @@ def test_fine_tune_auto_trains_the_body_at_a_spread_of_the_heads_rate(monkeypatc
     lr_find = Learner.lr_find
 
     def spy(self, *args, **kwargs):
-        seen.append((self.frozen_idx, kwargs.get("num_it")))
+        seen.append((self.frozen_idx, kwargs.get("num_it"), kwargs.get("hold_frozen")))
         return lr_find(self, *args, **kwargs)
 
     monkeypatch.setattr(Learner, "lr_find", spy)
     head, body = run_stages(learn, fine_tune_plan(1, "auto"), num_it=100, progress=False)
-    assert seen == [(2, 100)]  # one range test, on the frozen body (the caller's num_it wins)
+    # one range test, of the head alone (the body's BatchNorm held)
+    assert seen == [(2, 100, True)]
     assert head.group_lrs[-1] == head.range_test.suggest("auto")
     assert body.range_test is None
     assert body.group_lrs[-1] == pytest.approx(0.5 * head.group_lrs[-1])
@@ -138,3 +139,20 @@ def test_fine_tune_passes_its_range_test_options_on_and_returns_what_each_stage_
     assert head.range_test.start_lr == stages.QUICK_RANGE_TEST["start_lr"]
     assert head.group_lrs[-1] == head.range_test.suggest("auto")
     assert body.range_test is None and body.group_lrs[-1] == pytest.approx(0.5 * head.group_lrs[-1])
+
+
+def test_a_held_range_test_sends_no_gradient_into_the_frozen_body_and_gives_it_back():
+    learn = make_learner()
+    learn.freeze()  # train_bn: the body's BatchNorm weights still train
+    bn_weight = learn.model.body[1].weight
+    assert bn_weight.requires_grad
+    grads = []
+    handle = bn_weight.register_hook(grads.append)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    learn.lr_find(num_it=20, hold_frozen=True, progress=False)
+    assert grads == []  # backpropagation stopped at the head: the cheap range test
+    assert bn_weight.requires_grad and learn.frozen_idx == 2  # the freezing as it was
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in before.items())
+    learn.lr_find(num_it=20, progress=False)
+    assert grads  # without holding, the BatchNorm weights get their gradient
+    handle.remove()

@@ -166,6 +166,15 @@ class Learner:
         for layer in self._frozen_bn:
             layer.eval()
 
+    def _held_frozen(self) -> list[nn.Parameter]:
+        """Stop the gradient of the frozen groups' still-trainable parameters (BatchNorm with
+        train_bn); returns them, for the caller to give their gradient back."""
+        held = [p for params in self.layer_groups[: self.frozen_idx] for p in params]
+        held = [p for p in held if p.requires_grad]
+        for param in held:
+            param.requires_grad_(False)
+        return held
+
     def _trainable(self) -> list[nn.Parameter]:
         return [p for params in self.layer_groups for p in params if p.requires_grad]
 
@@ -275,6 +284,7 @@ class Learner:
         val_batches: int = RANGE_TEST.val_batches,
         snapshot: str = "memory",
         progress: bool | None = None,
+        hold_frozen: bool = False,
     ) -> LRFindResult:
         """The range test on the learner as it is now; everything is restored afterwards.
 
@@ -285,19 +295,30 @@ class Learner:
         `use_valid` the loss is measured on the first `val_batches` validation batches.
         Accumulation, clipping and mixed precision follow the learner's options. Callbacks
         get the result through their `after_lr_find` hook (loggers record the curve).
+
+        `hold_frozen`: the frozen groups' parameters that still train (BatchNorm weights, with
+        train_bn) get no gradient during the test, so backpropagation stops at the first
+        trainable group; their layers still normalise with batch statistics. On a frozen
+        pretrained body a step then costs a fraction of a training step (measured in
+        benchmarks/bench_vs_fastai.py), for the curve of the head alone.
         """
-        result = finder.lr_find(
-            *self._range_test_data(),
-            self.loss_fn,
-            self.opt,
-            start_lr,
-            end_lr,
-            num_it,
-            mode,
-            beta,
-            div_thresh,
-            **self._finder_options(use_valid, val_batches, snapshot, progress),
-        )
+        held = self._held_frozen() if hold_frozen else []
+        try:
+            result = finder.lr_find(
+                *self._range_test_data(),
+                self.loss_fn,
+                self.opt,
+                start_lr,
+                end_lr,
+                num_it,
+                mode,
+                beta,
+                div_thresh,
+                **self._finder_options(use_valid, val_batches, snapshot, progress),
+            )
+        finally:
+            for param in held:
+                param.requires_grad_(True)
         for cb in sorted(self.cbs, key=lambda cb: cb.order):
             hook = getattr(cb, "after_lr_find", None)  # callbacks written before the hook lack it
             if hook is not None:

@@ -17,8 +17,8 @@ were measured.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lrkit.range_test_result import LRFindResult
@@ -38,6 +38,9 @@ PCT_START, DIV = 0.3, 5.0  # the unfrozen stage's one-cycle warm-up share and st
 # benchmarks/finetune_design.py and against fastai by benchmarks/bench_vs_fastai.py).
 AUTO_NUM_IT = 100  # range-test steps, as fastai's lr_find (shorter: pass num_it; see short_test)
 SMOOTHING, SMOOTHING_STEPS = 0.98, 100  # lr_find's beta and num_it defaults (short_test)
+# The head's range test in fine_tune(..., "auto"): fastai's 100 steps, with the frozen body's
+# BatchNorm weights held (`Learner.lr_find(hold_frozen=True)`): no backward through the body.
+AUTO_HEAD_TEST = {"num_it": AUTO_NUM_IT, "hold_frozen": True}
 AUTO_LR_MULT = 10.0  # fit_one_cycle(n, "auto") on an unfrozen body: slice(hi / 10, hi)
 # The cheaper range test (`lr_find(**QUICK_RANGE_TEST)`, `fine_tune(..., **QUICK_RANGE_TEST)`):
 # 40 % fewer steps at lr_find's resolution (12 steps per decade, as 100 steps over 1e-7 ... 10),
@@ -64,7 +67,8 @@ class Stage:
     lr_mult: float | None = None
     from_previous: float | None = None  # with a rule: hi = this x the previous stage's hi, and
     # no range test (the stage before must have found its hi from a rule)
-    num_it: int | None = None  # the range test's length, unless the caller sets num_it
+    test_options: Mapping[str, Any] = field(default_factory=dict)  # for its range test,
+    # under the caller's own (`run_stages(..., **range_test)`)
     pct_start: float | None = None  # one-cycle warm-up share (None: fit_one_cycle's default)
     div: float | None = None  # one-cycle start rate = peak / div (None: fit_one_cycle's default)
 
@@ -187,9 +191,10 @@ def auto_plan(
     mult = LR_MULT if lr_mult is None else _check_mult(lr_mult)
     schedule = {"freeze": False, "lr_mult": mult, "pct_start": pct_start, "div": div}
     if not freeze_epochs:
-        return [Stage("unfrozen", epochs, "auto", num_it=AUTO_NUM_IT, **schedule)]
+        return [Stage("unfrozen", epochs, "auto", test_options=short_test(AUTO_NUM_IT),
+                      **schedule)]  # fmt: skip
     return [
-        head_stage(freeze_epochs, "auto", num_it=AUTO_NUM_IT),
+        head_stage(freeze_epochs, "auto", test_options=AUTO_HEAD_TEST),
         Stage("unfrozen", epochs, "auto", from_previous=UNFROZEN, **schedule),
     ]
 
@@ -283,9 +288,10 @@ def run_stages(
             hi = stage.from_previous * previous_hi
             lr, found = (slice(hi / stage.lr_mult, hi) if stage.lr_mult else hi), None
         else:
-            options = (
-                range_test if "num_it" in range_test else {**short_test(stage.num_it), **range_test}
-            )
+            options = {**stage.test_options, **range_test}
+            if "num_it" in range_test:  # the caller's length: its own smoothing too
+                options.pop("beta", None)
+                options.update(range_test)
             lr, found = stage_lr(learn, stage.lr, stage.lr_mult, **options)
         previous_hi = group_lrs(lr, learn.n_groups)[-1]  # a rule's or a given rate's top
         if found is not None and on_range_test is not None:
