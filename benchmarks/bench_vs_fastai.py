@@ -9,8 +9,9 @@ strictly), the same normalisation (mean = std = 0.5, what these weights were tra
 presize 192, size 160, min_scale 0.75, batch size 32, 0 loader workers, and each library's own
 default path:
 
-- lrkit:  `learn.fine_tune(4, base_lr="auto")` (its range test included in its time), and the
-          same with the cheaper range test `lrkit.stages.QUICK_RANGE_TEST` ("lrkit quick");
+- lrkit:  `learn.fine_tune(4, base_lr="auto")` (its range test included in its time: the head's,
+          `lrkit.stages.AUTO_HEAD_TEST`), and the same with fastai's sweep for that range test,
+          100 steps from 1e-7 ("lrkit 100 steps");
 - fastai: `lr_find()` -> `valley`, then `fine_tune(4, base_lr=valley)` ("fastai valley");
 - fastai: `fine_tune(4)`, its documented default base_lr=2e-3, lr_mult=100 ("fastai 2e-3").
 
@@ -98,7 +99,6 @@ def lrkit_worker(seed: int, half: int, data_epochs: int, num_it: int | None) -> 
 
     import lrkit
     from lrkit.callbacks import Callback
-    from lrkit.stages import QUICK_RANGE_TEST
 
     class FitTime(Callback):
         """Seconds spent inside fit (training and validation), range tests excluded."""
@@ -115,7 +115,8 @@ def lrkit_worker(seed: int, half: int, data_epochs: int, num_it: int | None) -> 
     dls = lrkit_pets_loaders(seed, half)
     out: dict = {"data_images_per_s": images_per_s(dls.train, data_epochs)}
     default = {} if num_it is None else {"num_it": num_it}
-    for path, range_test in (("lrkit auto", default), ("lrkit quick", QUICK_RANGE_TEST)):
+    fastai_sweep = {"num_it": 100, "start_lr": 1e-7}  # lr_find's, as fastai's
+    for path, range_test in (("lrkit auto", default), ("lrkit 100 steps", fastai_sweep)):
         torch.manual_seed(seed)
         fit_time = FitTime()
         learn = lrkit.vision_learner(
