@@ -154,6 +154,26 @@ def test_auto_with_frozen_epochs_runs_the_library_auto_plan_in_both_commands(
     assert record["config"]["lr_mult"] == 100
 
 
+def test_auto_keeps_its_quick_head_test_unless_the_command_line_sets_one(
+    fashion, tmp_path, monkeypatch, capsys
+):
+    # before: the command passed lr_find's 100 steps from 1e-7 always, over the plan's own
+    monkeypatch.setattr(LRFindResult, "require", lambda self, rule="auto": 1e-3)  # readable
+    assert fashion[-2:] == ["--num-it", "15"]
+    tests = {}
+    for extra in ([], ["--num-it", "15"]):
+        out = tmp_path / f"ft{len(extra)}"
+        argv = [*fashion[:-2], *extra, "--epochs", "1", "--lr", "auto", "--out", str(out)]
+        code, captured = fine_tune(argv, capsys)
+        assert code == 0, captured.err
+        head, _ = json.loads((out / "fine_tune.json").read_text())["stages"]
+        tests[len(extra)] = (head["range_test"], captured.err)
+    (own, log), (given, _) = tests[0], tests[2]
+    assert (own["num_it"], own["start_lr"], own["end_lr"]) == (60, 1e-4, 10.0)  # QUICK_RANGE_TEST
+    assert "range test before the frozen stage: up to 60 steps, lr 1e-04 to 1e+01" in log
+    assert (given["num_it"], given["start_lr"]) == (15, 1e-4)  # the flag, over the plan's own
+
+
 def test_an_untrustworthy_suggestion_stops_before_training(
     fashion, events, tmp_path, monkeypatch, capsys
 ):

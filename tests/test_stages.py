@@ -81,8 +81,8 @@ def test_learner_fine_tune_with_a_rule_tests_before_each_stage(monkeypatch):
 def test_auto_plans_one_range_test_and_the_spread_from_the_heads_rate():
     frozen, unfrozen = fine_tune_plan(4, "auto")
     # the head's range test: the quick sweep (60 steps from 1e-4), the body's BatchNorm held
-    assert frozen == Stage("frozen", 1, "auto", freeze=True, pct_start=0.99,
-                           test_options={"num_it": 60, "start_lr": 1e-4, "hold_frozen": True})  # fmt: skip
+    head_test = {"num_it": 60, "start_lr": 1e-4, "hold_frozen": True}
+    assert frozen == Stage("frozen", 1, "auto", freeze=True, pct_start=0.99, test_options=head_test)
     assert unfrozen.from_previous == 0.5  # fastai's base_lr / 2 ...
     assert unfrozen.lr_mult == 100 and unfrozen.freeze is False  # ... and spread 100
     assert unfrozen.one_cycle == {"pct_start": 0.3, "div": 5.0}

@@ -217,7 +217,8 @@ def run_pets(
         **training_options,
     )
     console.rule("Pets 2. range test, body frozen")
-    frozen = learn.lr_find(num_it=sizes.num_it, progress=False)
+    # as fine_tune(..., "auto") tests the head: no backward through the frozen body
+    frozen = learn.lr_find(num_it=sizes.num_it, hold_frozen=True, progress=False)
     frozen.plot(out / "pets_lr_find_frozen.png")
     print_range_test(console, frozen, "range test on the frozen ImageNet body")
     report.heading("Pets 2. Range test on the frozen ImageNet body")

@@ -98,7 +98,8 @@ class StageResult:
     range_test: LRFindResult | None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for a JSON record (the range test as its suggestion and warnings)."""
+        """Plain values for a JSON record (the range test as its settings, the steps it ran, its
+        suggestion and warnings)."""
         lr = self.lr
         if isinstance(lr, slice):
             lr = {"slice": [lr.start, lr.stop]}
@@ -109,6 +110,14 @@ class StageResult:
             "group_lrs": self.group_lrs,
             "rule": self.rule,
             "suggestion": self.group_lrs[-1] if self.rule is not None else None,
+            "range_test": None
+            if self.range_test is None
+            else {
+                "num_it": self.range_test.num_it,
+                "start_lr": self.range_test.start_lr,
+                "end_lr": self.range_test.end_lr,
+                "steps": len(self.range_test.lrs),
+            },
             "range_test_warnings": self.range_test.warnings if self.range_test else [],
         }
 
@@ -171,8 +180,9 @@ def auto_plan(
 ) -> list[Stage]:
     """`fine_tune(epochs, "auto")`: fastai's fine_tune at the `auto` rate of one range test.
 
-    1. "frozen": a range test of AUTO_NUM_IT steps on the frozen body; the head trains at its
-       `auto` suggestion hi (one cycle, pct_start HEAD_PCT_START, `freeze_epochs`).
+    1. "frozen": a range test on the frozen body (AUTO_HEAD_TEST: 60 steps from 1e-4, the
+       body's BatchNorm held); the head trains at its `auto` suggestion hi (one cycle,
+       pct_start HEAD_PCT_START, `freeze_epochs`).
     2. "unfrozen": every group at slice(hi2 / LR_MULT, hi2) with hi2 = UNFROZEN x hi (fastai's
        hi / 2 and spread 100), one cycle with `pct_start` and `div`; no second range test.
 
@@ -261,6 +271,16 @@ def rule_lr(
     return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **range_test)[0]
 
 
+def stage_test_options(stage: Stage, range_test: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of `stage`'s range test: its own (`Stage.test_options`), each replaced by the
+    caller's `range_test` where given; a caller's num_it drops the stage's smoothing (beta)
+    too, as that was scaled to the stage's length. lr_find's defaults fill the rest."""
+    options = {**stage.test_options, **range_test}
+    if "num_it" in range_test and "beta" not in range_test:
+        options.pop("beta", None)
+    return options
+
+
 def one_cycle(learn: Learner, stage: Stage, lr: LrSpec) -> None:
     """The default way to train a stage: `fit_one_cycle(stage.epochs, lr)` with its options."""
     learn.fit_one_cycle(stage.epochs, lr, **stage.one_cycle)
@@ -290,10 +310,7 @@ def run_stages(
             hi = stage.from_previous * previous_hi
             lr, found = (slice(hi / stage.lr_mult, hi) if stage.lr_mult else hi), None
         else:
-            options = {**stage.test_options, **range_test}
-            if "num_it" in range_test:  # the caller's length: its own smoothing too
-                options.pop("beta", None)
-                options.update(range_test)
+            options = stage_test_options(stage, range_test)
             lr, found = stage_lr(learn, stage.lr, stage.lr_mult, **options)
         previous_hi = group_lrs(lr, learn.n_groups)[-1]  # a rule's or a given rate's top
         if found is not None and on_range_test is not None:

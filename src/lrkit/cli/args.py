@@ -184,11 +184,17 @@ def add_logging(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_range_test(parser: argparse.ArgumentParser) -> None:
+def add_range_test(parser: argparse.ArgumentParser, per_stage: bool = False) -> None:
+    """--num-it, --start-lr, --end-lr. `per_stage`: None unless given, so that each stage's range
+    test keeps its own settings (`lrkit.stages.stage_test_options`)."""
     group = parser.add_argument_group("range test")
-    group.add_argument("--num-it", type=STEPS, default=RANGE_TEST.num_it, help="optimizer steps")
-    group.add_argument("--start-lr", type=LEARNING_RATE, default=RANGE_TEST.start_lr)
-    group.add_argument("--end-lr", type=LEARNING_RATE, default=RANGE_TEST.end_lr)
+    for flag, kind, default, what in (
+        ("--num-it", STEPS, RANGE_TEST.num_it, "optimizer steps"),
+        ("--start-lr", LEARNING_RATE, RANGE_TEST.start_lr, "the sweep's first learning rate"),
+        ("--end-lr", LEARNING_RATE, RANGE_TEST.end_lr, "the rate it would reach at --num-it"),
+    ):
+        own = f" (default: each stage's own, else {default:g})" if per_stage else f" ({default:g})"
+        group.add_argument(flag, type=kind, default=None if per_stage else default, help=what + own)
 
 
 # ------------------------------------------------------------------------------ library errors

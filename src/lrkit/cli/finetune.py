@@ -49,10 +49,18 @@ from lrkit.cli.setup import (
     resolved_config,
     setup,
 )
+from lrkit.config import RANGE_TEST
 from lrkit.finder import RangeTestInterrupted
 from lrkit.range_test_result import LRFindResult, UnusableCurveError, finite_or_none, json_ready
 from lrkit.schedule import LrSpec
-from lrkit.stages import LR_MULT, Stage, StageResult, fine_tune_plan, run_stages
+from lrkit.stages import (
+    LR_MULT,
+    Stage,
+    StageResult,
+    fine_tune_plan,
+    run_stages,
+    stage_test_options,
+)
 from lrkit.vision.learner import VisionLearner
 
 
@@ -63,16 +71,18 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "fastai's fine_tune: range test, head epochs, unfreeze, range test, sliced lrs",
         "With --lr a rule (minimum, valley, ...): a range test on the frozen body, "
         "--freeze-epochs epochs on the head (fit_one_cycle), unfreeze, a new range test, "
-        "--epochs epochs at slice(hi / --lr-mult, hi). With --lr auto: no second range test, "
-        "slice(hi2 / 10, hi2) with hi2 = hi / 2 (learn.fine_tune's auto plan). With --lr a "
-        "number hi: the head at hi, then slice(hi / --lr-mult, hi). Writes model.lrk, "
+        "--epochs epochs at slice(hi / --lr-mult, hi). With --lr auto: the head's range test "
+        "is a quick one (60 steps from 1e-4, no backward through the frozen body) and there is "
+        "no second one: slice(hi2 / --lr-mult, hi2) with hi2 = hi / 2 (learn.fine_tune's auto "
+        "plan). With --lr a number: the head at it, then slice(hi / --lr-mult, hi) with hi = "
+        "half of it, as fastai's fine_tune. Writes model.lrk, "
         "metrics.csv, losses.png, schedule.png, lr_find_frozen.png, lr_find_unfrozen.png (not "
         "for auto), fine_tune.json and the interpretation (confusion_matrix.png and "
         "top_losses.png; multi-label: threshold.png and per_class.png), as lrkit train does.",
     )
     add_data(parser)
     add_model(parser)
-    add_range_test(parser)
+    add_range_test(parser, per_stage=True)
     add_logging(parser)
     parser.add_argument("--epochs", type=EPOCHS, default=1, help="epochs after unfreezing")
     parser.add_argument(
@@ -108,11 +118,15 @@ def train_in_stages(
 
     beats: list[Heartbeat] = []  # the running range test's, in a log
 
+    given = {key: getattr(args, key) for key in ("start_lr", "end_lr", "num_it")}
+    given = {key: value for key, value in given.items() if value is not None}
+
     def announce(stage: Stage) -> None:  # in a log, where no progress bar is drawn
-        if isinstance(stage.lr, str) and not console.is_terminal:
+        if stage.range_test and not console.is_terminal:
+            test = {**asdict(RANGE_TEST), **stage_test_options(stage, given)}
             console.print(
-                f"range test before the {stage.name} stage: up to {args.num_it} steps, lr "
-                f"{args.start_lr:.0e} to {args.end_lr:.0e} ...",
+                f"range test before the {stage.name} stage: up to {test['num_it']} steps, lr "
+                f"{test['start_lr']:.0e} to {test['end_lr']:.0e} ...",
                 markup=False,
             )
             beats.append(Heartbeat(console, f"range test before the {stage.name} stage").start())
@@ -143,10 +157,8 @@ def train_in_stages(
             plan,
             fit,
             on_range_test,
-            start_lr=args.start_lr,
-            end_lr=args.end_lr,
-            num_it=args.num_it,
             progress=console.is_terminal,
+            **given,
         ):
             done.append(result)
             console.print(
@@ -189,9 +201,9 @@ class FineTuneConfig:
     freeze_epochs: int
     lr: float | str  # a number, or the rule whose suggestion each stage trains at
     lr_mult: float | None  # the spread the last stage used
-    num_it: int  # range test: optimizer steps, and its lr range (start_lr, end_lr)
-    start_lr: float
-    end_lr: float
+    num_it: int | None  # range tests: optimizer steps, and the lr range (start_lr, end_lr);
+    start_lr: float | None  # None: each stage's own (what each test used is in its stage's
+    end_lr: float | None  # record, "range_test")
     arch: str
     pretrained: str
     precision: str

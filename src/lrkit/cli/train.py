@@ -58,7 +58,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     )
     add_data(train)
     add_model(train)
-    add_range_test(train)
+    add_range_test(train, per_stage=True)
     add_logging(train)
     train.add_argument("--epochs", type=EPOCHS, default=1)
     train.add_argument("--lr", default="auto", help="number, LO:HI, or a rule name")
