@@ -73,6 +73,15 @@ def test_curve_still_falling_at_the_end_says_raise_end_lr():
     assert any("raise end_lr" in w for w in res.warnings)
 
 
+def test_a_sweep_that_ends_as_the_loss_blows_up_is_not_still_falling():
+    # the rise is in the last 5 points, which the rules trim off; the sweep ran out of steps
+    # before the divergence check stopped it. Before: "still falling", and auto NaN.
+    losses = np.concatenate([np.linspace(3, 1, 95), [1.3, 1.9, 2.8, 4.5, 7.0]])
+    res = make_result(losses, stop_reason="completed")
+    assert not any("raise end_lr" in w for w in res.warnings)
+    assert math.isfinite(res.suggest("auto"))
+
+
 def test_json_round_trip(tmp_path):
     res = make_result(u_shaped())
     path = res.save(tmp_path / "out" / "lr_find.json")

@@ -228,10 +228,12 @@ class Learner:
         A rule name ("valley", ...): a range test before each stage, the head at its suggestion
         hi, then all groups at slice(hi2 / lr_mult, hi2) from a new test. "auto": one range test
         on the frozen body and fastai's steps from its rate (`lrkit.stages.auto_plan`, where the
-        choice is measured). `lr_mult` None: 100. `range_test` goes to each `lr_find` (num_it,
-        start_lr, ...; `lrkit.stages.QUICK_RANGE_TEST` is a cheaper one). Returns what each
-        stage trained at (`lrkit.stages.StageResult`). Raises ValueError for a bad rate and
-        UnusableCurveError (a ValueError) before training at a NaN suggestion.
+        choice is measured; its range test is 60 steps from 1e-4 with the body held,
+        `lrkit.stages.AUTO_HEAD_TEST`). `lr_mult` None: 100. `range_test` goes to each
+        `lr_find` (num_it, start_lr, ...), each option over the stage's own
+        (`lrkit.stages.stage_test_options`). Returns what each stage trained at
+        (`lrkit.stages.StageResult`). Raises ValueError for a bad rate and UnusableCurveError
+        (a ValueError) before training at a NaN suggestion.
         """
         if not isinstance(base_lr, str):
             check_lr(base_lr, "base_lr")  # before freezing: a bad rate changes nothing

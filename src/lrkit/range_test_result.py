@@ -24,6 +24,10 @@ NOISE_TO_DROP = 1.0
 # its last decade has no minimum yet: "auto" gives none. (The study's completed curves that
 # ended lowest, SGD and a head on an ImageNet body, had 0.17 to 0.31, and auto did well on them.)
 STILL_FALLING = 0.5
+# A sweep that ran all its steps ends "lowest at the end" unless its last recorded loss (in the
+# points the rules trim off) lies more than this share of the curve's drop above its lowest:
+# then the loss had turned up and the sweep ended at the edge of divergence, not still falling.
+TURNED_UP = 0.25
 
 
 def describe_stop(stop_reason: str, div_thresh: float | None, end_lr: float) -> str:
@@ -194,7 +198,7 @@ class LRFindResult:
                     "iterations",
                 )
             )
-        if self.stop_reason == "completed" and np.argmin(losses) >= len(losses) - 2:
+        if self.stop_reason == "completed" and self._lowest_at_the_end(losses):
             # still falling steeply over the last decade: the minimum lies past end_lr
             last = losses[lrs >= lrs[-1] / 10]
             steep_end = last[0] - last[-1] > STILL_FALLING * drop
@@ -206,6 +210,16 @@ class LRFindResult:
                 )
             )
         return notes
+
+    def _lowest_at_the_end(self, trimmed: np.ndarray) -> bool:
+        """Whether the loss is lowest at the end of the sweep: the trimmed curve's last points,
+        with no rise in the points trimmed off after them (a sweep that ran out of steps just
+        as the loss blew up has its rise there, and was not still falling)."""
+        if np.argmin(trimmed) < len(trimmed) - 2:
+            return False
+        recorded = self.losses[np.isfinite(self.losses)]
+        lowest = trimmed.min()
+        return bool(recorded[-1] - lowest <= TURNED_UP * (trimmed[0] - lowest))
 
     # -- output ---------------------------------------------------------------------------
     @property
