@@ -171,6 +171,7 @@ def test_auto_keeps_its_quick_head_test_unless_the_command_line_sets_one(
     (own, log), (given, _) = tests[0], tests[2]
     assert (own["num_it"], own["start_lr"], own["end_lr"]) == (60, 1e-4, 10.0)  # QUICK_RANGE_TEST
     assert "range test before the frozen stage: up to 60 steps, lr 1e-04 to 1e+01" in log
+    assert "range test before the unfrozen stage" not in log  # none runs there (before: announced)
     assert (given["num_it"], given["start_lr"]) == (15, 1e-4)  # the flag, over the plan's own
 
 
