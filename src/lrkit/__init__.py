@@ -17,6 +17,7 @@ from lrkit.finder import lr_find, lr_find_repeated
 from lrkit.layer_groups import check_layer_groups
 from lrkit.learner import Learner
 from lrkit.loggers import TensorBoardCallback, WandbCallback
+from lrkit.malloc import tune_malloc
 from lrkit.metrics import (
     accuracy,
     accuracy_multi,
@@ -78,6 +79,7 @@ __all__ = [
     "suggest",
     "to_device",
     "top_k_accuracy",
+    "tune_malloc",
     "vision",
     "vision_learner",
 ]

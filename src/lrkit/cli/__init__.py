@@ -37,6 +37,7 @@ from lrkit.cli.args import (
 )
 from lrkit.cli.output import make_console
 from lrkit.fetch import DownloadError
+from lrkit.malloc import tune_malloc
 from lrkit.range_test_result import json_ready
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "EXIT_USAGE", "build_parser", "main"]
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ArgumentError as error:
         print(f"{error.prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    tune_malloc()  # training on the CPU: keep freed memory for the next step (lrkit.malloc)
     console = make_console(stderr=args.json)
     try:
         if args.out.exists() and not args.out.is_dir():
