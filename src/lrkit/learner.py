@@ -231,7 +231,7 @@ class Learner:
         choice is measured; its range test is 60 steps from 1e-4 with the body held,
         `lrkit.stages.AUTO_HEAD_TEST`). `lr_mult` None: 100. `range_test` goes to each
         `lr_find` (num_it, start_lr, ...), each option over the stage's own
-        (`lrkit.stages.stage_test_options`). Returns what each stage trained at
+        (`lrkit.stages.merge_test_options`). Returns what each stage trained at
         (`lrkit.stages.StageResult`). Raises ValueError for a bad rate and UnusableCurveError
         (a ValueError) before training at a NaN suggestion.
         """

@@ -267,17 +267,16 @@ def rule_lr(
     if rule != "auto":
         return stage_lr(learn, rule, **range_test)[0]
     mult = AUTO_LR_MULT if lr_mult is None else _check_mult(lr_mult)
-    if "num_it" not in range_test:
-        range_test = {**short_test(AUTO_NUM_IT), **range_test}
-    return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **range_test)[0]
+    options = merge_test_options(short_test(AUTO_NUM_IT), range_test)
+    return stage_lr(learn, "auto", mult if trainable_groups(learn) > 1 else None, **options)[0]
 
 
-def stage_test_options(stage: Stage, range_test: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of `stage`'s range test: its own (`Stage.test_options`), each replaced by the
-    caller's `range_test` where given; a caller's num_it drops the stage's smoothing (beta)
-    too, as that was scaled to the stage's length. lr_find's defaults fill the rest."""
-    options = {**stage.test_options, **range_test}
-    if "num_it" in range_test and "beta" not in range_test:
+def merge_test_options(own: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """A range test's options: a stage's or rule's `own` (`Stage.test_options`), each replaced by
+    the caller's where `given`; a given num_it drops the own smoothing (beta) too, as that was
+    scaled to the own length. lr_find's defaults fill the rest."""
+    options = {**own, **given}
+    if "num_it" in given and "beta" not in given:
         options.pop("beta", None)
     return options
 
@@ -311,7 +310,7 @@ def run_stages(
             hi = stage.from_previous * previous_hi
             lr, found = (slice(hi / stage.lr_mult, hi) if stage.lr_mult else hi), None
         else:
-            options = stage_test_options(stage, range_test)
+            options = merge_test_options(stage.test_options, range_test)
             lr, found = stage_lr(learn, stage.lr, stage.lr_mult, **options)
         previous_hi = group_lrs(lr, learn.n_groups)[-1]  # a rule's or a given rate's top
         if found is not None and on_range_test is not None:

@@ -186,7 +186,7 @@ def add_logging(parser: argparse.ArgumentParser) -> None:
 
 def add_range_test(parser: argparse.ArgumentParser, per_stage: bool = False) -> None:
     """--num-it, --start-lr, --end-lr. `per_stage`: None unless given, so that each stage's range
-    test keeps its own settings (`lrkit.stages.stage_test_options`)."""
+    test keeps its own settings (`lrkit.stages.merge_test_options`)."""
     group = parser.add_argument_group("range test")
     for flag, kind, default, what in (
         ("--num-it", STEPS, RANGE_TEST.num_it, "optimizer steps"),

@@ -58,8 +58,8 @@ from lrkit.stages import (
     Stage,
     StageResult,
     fine_tune_plan,
+    merge_test_options,
     run_stages,
-    stage_test_options,
 )
 from lrkit.vision.learner import VisionLearner
 
@@ -123,7 +123,7 @@ def train_in_stages(
 
     def announce(stage: Stage) -> None:  # in a log, where no progress bar is drawn
         if stage.range_test and not console.is_terminal:
-            test = {**asdict(RANGE_TEST), **stage_test_options(stage, given)}
+            test = {**asdict(RANGE_TEST), **merge_test_options(stage.test_options, given)}
             console.print(
                 f"range test before the {stage.name} stage: up to {test['num_it']} steps, lr "
                 f"{test['start_lr']:.0e} to {test['end_lr']:.0e} ...",
